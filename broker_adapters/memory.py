@@ -1,0 +1,152 @@
+"""The embedded broker: history and fan-out inside one node process.
+
+It is the default, for development and single-node deployments.  It keeps
+the same contract as the networked brokers (positions, bounded history,
+epochs), so clients behave identically; but its state dies with the process,
+and a restarted node starts every channel in a new epoch, which resuming
+clients see as an explicit reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+
+from .base import Broker, BrokerListener, NullListener
+from .types import History, Position, Publication
+
+
+@dataclass(slots=True)
+class _Stream:
+    epoch: str
+    offset: int = 0
+    # (monotonic append time, publication), oldest first.
+    items: deque[tuple[float, Publication]] = field(default_factory=deque)
+    touched: float = 0.0
+
+
+class MemoryBroker(Broker):
+    kind = "memory"
+    contiguous_offsets = True
+
+    def __init__(
+        self,
+        *,
+        history_size: int = 1000,
+        history_ttl: float = 600.0,
+        meta_ttl: float = 86400.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if history_size < 0 or history_ttl <= 0:
+            raise ValueError("history_size must be >= 0 and history_ttl > 0")
+        self.history_size = history_size
+        self.history_ttl = history_ttl
+        # A channel's epoch and offset outlive its history by this long, so a
+        # client that returns after the history expired gets "trimmed", not a
+        # new epoch; after that the stream is forgotten to bound memory.
+        self.meta_ttl = max(meta_ttl, history_ttl)
+        self._clock = clock
+        self._streams: dict[str, _Stream] = {}
+        self._subscribed: set[str] = set()
+        self._listener: BrokerListener = NullListener()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, listener: BrokerListener) -> None:
+        self._listener = listener
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-broker-sweep")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        self._listener = NullListener()
+
+    def _stream(self, channel: str) -> _Stream:
+        stream = self._streams.get(channel)
+        now = self._clock()
+        if stream is None:
+            stream = _Stream(epoch=secrets.token_hex(4), touched=now)
+            self._streams[channel] = stream
+        else:
+            stream.touched = now
+            self._expire(stream, now)
+        return stream
+
+    def _expire(self, stream: _Stream, now: float) -> None:
+        horizon = now - self.history_ttl
+        items = stream.items
+        while items and items[0][0] < horizon:
+            items.popleft()
+
+    async def publish(self, channel: str, data: str, *, event: str | None = None) -> Publication:
+        stream = self._stream(channel)
+        stream.offset += 1
+        publication = Publication(
+            channel=channel,
+            epoch=stream.epoch,
+            offset=stream.offset,
+            data=data,
+            event=event,
+            time_ms=int(time.time() * 1000),
+        )
+        if self.history_size:
+            stream.items.append((stream.touched, publication))
+            if len(stream.items) > self.history_size:
+                stream.items.popleft()
+        if channel in self._subscribed:
+            self._listener.on_publication(publication)
+        return publication
+
+    async def history(self, channel: str, since: int | None, limit: int) -> History:
+        stream = self._stream(channel)
+        top = Position(stream.epoch, stream.offset)
+        if since is None or since >= stream.offset:
+            return History(top=top, publications=(), complete=since is None or since == stream.offset)
+        first_retained = stream.items[0][1].offset if stream.items else stream.offset + 1
+        complete = since >= first_retained - 1
+        # Offsets are consecutive, so the first wanted item is found by index.
+        start = max(0, since + 1 - first_retained)
+        publications = [pub for _, pub in islice(stream.items, start, start + max(limit, 0))]
+        return History(top=top, publications=publications, complete=complete)
+
+    async def subscribe(self, channel: str) -> None:
+        self._subscribed.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+
+    async def ping(self) -> None:
+        return None
+
+    async def _sweep_forever(self) -> None:
+        interval = min(60.0, self.history_ttl)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Expire old history and forget streams idle for longer than ``meta_ttl``."""
+        now = self._clock()
+        for channel, stream in list(self._streams.items()):
+            self._expire(stream, now)
+            idle = now - stream.touched > self.meta_ttl
+            if idle and not stream.items and channel not in self._subscribed:
+                del self._streams[channel]
+
+
+def from_url(url: str) -> MemoryBroker:
+    """``memory://?history_size=1000&history_ttl=600&meta_ttl=86400``."""
+    from . import url_options
+
+    options = url_options(url, {"history_size": int, "history_ttl": float, "meta_ttl": float})
+    return MemoryBroker(**options)  # type: ignore[arg-type]

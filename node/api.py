@@ -1,0 +1,177 @@
+"""The node's HTTP endpoints, as Starlette routes.
+
+Client port: ``POST /api/publish``, ``POST /api/publish/batch``, the demo page
+and the health probes.  Internal port: health probes, ``/metrics`` and
+``POST /drain``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from broker_adapters.base import BrokerError
+from broker_adapters.types import (
+    InvalidChannel,
+    InvalidData,
+    InvalidEventType,
+    encode_data,
+    validate_channel,
+    validate_event_type,
+)
+
+from .protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+MAX_BATCH = 1000
+DEMO_PAGE = Path(__file__).with_name("demo.html")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.code, "message": self.message}, self.status, headers=self.headers)
+
+
+async def _read_json(node: Node, request: Request) -> Any:
+    limit = node.settings.max_message_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise APIError(400, ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
+
+
+def _parse_publication(node: Node, item: Any) -> tuple[str, str, str | None]:
+    if not isinstance(item, dict):
+        raise APIError(400, ErrorCode.INVALID_MESSAGE, "a publication is a JSON object")
+    if "data" not in item:
+        raise APIError(400, ErrorCode.INVALID_MESSAGE, "a publication needs a data field")
+    try:
+        channel = validate_channel(item.get("channel"), node.settings.max_channel_length)
+        event = validate_event_type(item.get("event"))
+        data = encode_data(item["data"])
+    except InvalidChannel as exc:
+        raise APIError(400, ErrorCode.INVALID_CHANNEL, str(exc)) from None
+    except InvalidEventType as exc:
+        raise APIError(400, ErrorCode.INVALID_EVENT_TYPE, str(exc)) from None
+    except InvalidData as exc:
+        raise APIError(400, ErrorCode.INVALID_DATA, str(exc)) from None
+    return channel, data, event
+
+
+async def _publish_one(node: Node, channel: str, data: str, event: str | None) -> dict[str, Any]:
+    try:
+        publication = await node.hub.publish(channel, data, event, source="http")
+    except BrokerError as exc:
+        raise APIError(
+            503, ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}", {"Retry-After": "1"}
+        ) from None
+    return {"channel": channel, "id": publication.position.event_id}
+
+
+def _node(request: Request) -> Node:
+    node: Node = request.app.state.node
+    return node
+
+
+def _guarded(handler: Any) -> Any:
+    async def endpoint(request: Request) -> Response:
+        node = _node(request)
+        try:
+            refusal = node.access.check_api(request)
+            if refusal is not None:
+                raise APIError(refusal.status, refusal.code, refusal.message)
+            response: Response = await handler(node, request)
+            return response
+        except APIError as exc:
+            node.metrics.client_errors.labels(exc.code).inc()
+            return exc.response()
+
+    return endpoint
+
+
+async def publish(node: Node, request: Request) -> Response:
+    channel, data, event = _parse_publication(node, await _read_json(node, request))
+    return JSONResponse(await _publish_one(node, channel, data, event))
+
+
+async def publish_batch(node: Node, request: Request) -> Response:
+    body = await _read_json(node, request)
+    items = body.get("publications") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise APIError(400, ErrorCode.INVALID_MESSAGE, 'send {"publications": [...]} with at least one item')
+    if len(items) > MAX_BATCH:
+        raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"at most {MAX_BATCH} publications per batch")
+    # Validate everything before publishing anything, so a bad item cannot
+    # leave half a batch behind.
+    parsed = [_parse_publication(node, item) for item in items]
+    results = []
+    for index, (channel, data, event) in enumerate(parsed):
+        try:
+            results.append(await _publish_one(node, channel, data, event))
+        except APIError as exc:
+            # Earlier items are published and keep their ids; say exactly where it stopped.
+            return JSONResponse(
+                {"error": exc.code, "message": exc.message, "published": results, "failed_at": index},
+                exc.status,
+                headers=exc.headers,
+            )
+    return JSONResponse({"results": results})
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    ready, why = await _node(request).ready()
+    return PlainTextResponse(why, 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    return PlainTextResponse(_node(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def demo(request: Request) -> Response:
+    return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))
+
+
+def client_routes(node: Node) -> list[Route]:
+    routes = [
+        Route("/api/publish", _guarded(publish), methods=["POST"]),
+        Route("/api/publish/batch", _guarded(publish_batch), methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+    if node.settings.demo:
+        routes.append(Route("/", demo))
+    return routes
+
+
+def internal_routes(node: Node) -> list[Route]:
+    return [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]

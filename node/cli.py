@@ -1,0 +1,109 @@
+"""The ``fanline`` command: ``node``, ``publish``, ``drain`` and ``settings``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from .settings import Settings, SettingsError, add_arguments, markdown_table
+
+
+def _parse_data(raw: str) -> object:
+    """DATA is JSON if it parses as JSON, otherwise a plain string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _publish_http(url: str, channel: str, data: object, event: str | None, api_key: str | None) -> int:
+    body = {"channel": channel, "data": data}
+    if event:
+        body["event"] = event
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/publish",
+        data=json.dumps(body).encode(),
+        headers={"content-type": "application/json", **({"authorization": f"apikey {api_key}"} if api_key else {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(json.loads(response.read())["id"])
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"publish failed: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+    except urllib.error.URLError as exc:
+        print(f"publish failed: cannot reach {url}: {exc.reason}", file=sys.stderr)
+    return 1
+
+
+async def _publish_broker(url: str, channel: str, data: object, event: str | None) -> int:
+    from broker_adapters.publisher import Publisher
+
+    async with Publisher(url) as publisher:
+        position = await publisher.publish(channel, data, event=event)
+    print(position.event_id)
+    return 0
+
+
+def _drain(url: str) -> int:
+    request = urllib.request.Request(url.rstrip("/") + "/drain", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(response.read().decode())
+            return 0
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"drain failed: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fanline", description="Fanline real-time edge node.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    node_parser = commands.add_parser("node", help="run an edge node")
+    add_arguments(node_parser)
+
+    publish_parser = commands.add_parser("publish", help="publish one event")
+    publish_parser.add_argument("channel")
+    publish_parser.add_argument("data", help="JSON, or a plain string")
+    publish_parser.add_argument("--event", help="event type (SSE event name)")
+    target = publish_parser.add_mutually_exclusive_group()
+    target.add_argument("--broker", help="publish straight to this broker URL, with no node")
+    target.add_argument("--url", default="http://127.0.0.1:8000", help="node to publish through (default %(default)s)")
+    publish_parser.add_argument("--api-key", help="API key for the node's HTTP API")
+
+    drain_parser = commands.add_parser("drain", help="start a node's graceful drain (for a preStop hook)")
+    drain_parser.add_argument("--url", default="http://127.0.0.1:9000", help="the node's internal address")
+
+    commands.add_parser("settings", help="print the configuration reference as Markdown")
+
+    args = parser.parse_args(argv)
+    if args.command == "node":
+        from .server import serve
+
+        try:
+            settings = Settings.from_namespace(args, os.environ)
+        except SettingsError as exc:
+            parser.error(str(exc))
+        serve(settings)
+        return 0
+    if args.command == "publish":
+        data = _parse_data(args.data)
+        if args.broker:
+            return asyncio.run(_publish_broker(args.broker, args.channel, data, args.event))
+        return _publish_http(args.url, args.channel, data, args.event, args.api_key)
+    if args.command == "drain":
+        return _drain(args.url)
+    print(markdown_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

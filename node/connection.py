@@ -1,0 +1,165 @@
+"""What a WebSocket session and an SSE stream have in common.
+
+A :class:`Connection` owns its subscriptions, its bounded :class:`Outbox` and
+the writer that drains the outbox to the socket.  The hub pushes into it
+without awaiting; the writer batches whatever has queued up into as few
+writes as possible, each bounded by ``send_timeout``.
+
+A connection that cannot keep up is a *slow consumer*: its outbox overflows or
+a write times out.  It is then closed with a documented code (or SSE simply
+ends), and the client resumes from its last event id on reconnect, losing
+nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
+
+from broker_adapters.types import Position
+
+from .hub import Delivery, Subscription
+from .outbox import Outbox, T
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+log = logging.getLogger("fanline.connection")
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+
+
+def transport_of(send: Send) -> asyncio.BaseTransport | None:
+    """The socket transport behind an ASGI ``send``, if the server exposes it.
+
+    uvicorn's ``send`` for both WebSocket and HTTP is a bound method of an
+    object holding the transport.  A write blocked by a client that stopped
+    reading cannot be cancelled through ASGI: closing politely queues a
+    close frame behind the stuck data and the socket lingers.  Aborting the
+    transport is the only way to free it, so we keep a handle when we can.
+    """
+    owner = getattr(send, "__self__", None)
+    transport = getattr(owner, "transport", None)
+    return transport if isinstance(transport, asyncio.BaseTransport) else None
+
+
+class Connection(abc.ABC, Generic[T]):
+    transport_name: ClassVar[str]
+
+    def __init__(self, node: Node, send: Send) -> None:
+        settings = node.settings
+        self.node = node
+        self.send = send
+        self.socket = transport_of(send)
+        self.outbox: Outbox[T] = Outbox(settings.outbox_max_messages, settings.outbox_max_bytes)
+        self.subscriptions: dict[str, Subscription] = {}
+        # Set once the connection is being closed: (close code, reason).
+        self.closing: tuple[int, str] | None = None
+        metrics = node.metrics
+        self._events_out = metrics.events_out.labels(self.transport_name)
+        self._bytes_out = metrics.bytes_out.labels(self.transport_name)
+        self._frames_out = metrics.frames_out.labels(self.transport_name)
+
+    # -- what the hub calls --------------------------------------------------------
+
+    def push(self, subscription: Subscription, delivery: Delivery) -> None:
+        if not self.outbox.put(self.encode_event(subscription, delivery)):
+            self.slow_consumer("outbox full")
+
+    def push_reset(self, subscription: Subscription, position: Position, reason: str) -> None:
+        if not self.outbox.put(self.encode_reset(subscription, position, reason)):
+            self.slow_consumer("outbox full")
+
+    def queue(self, item: T) -> None:
+        """Queue a control message (a reply, a heartbeat)."""
+        if not self.outbox.put(item):
+            self.slow_consumer("outbox full")
+
+    # -- transport specifics ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def encode_event(self, subscription: Subscription, delivery: Delivery) -> T: ...
+
+    @abc.abstractmethod
+    def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> T: ...
+
+    @abc.abstractmethod
+    async def write(self, batch: list[T]) -> None:
+        """Write a batch to the socket (as few frames as the transport allows)."""
+
+    @abc.abstractmethod
+    async def say_goodbye(self, code: int, reason: str) -> None:
+        """Tell the client the connection ends (a close frame, the end of the stream)."""
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the writer to stop and say goodbye.  Safe to call more than once."""
+        if self.closing is None:
+            self.closing = (code, reason)
+            self.outbox.close()
+
+    def slow_consumer(self, why: str) -> None:
+        if self.closing is not None:
+            return
+        from .protocol import CloseCode
+
+        self.node.metrics.slow_consumers.labels("disconnect").inc()
+        log.warning(
+            "slow consumer disconnected",
+            extra={"transport": self.transport_name, "why": why, "queued": len(self.outbox)},
+        )
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+
+    def abort(self) -> None:
+        """Drop the socket at once, whatever is buffered for it."""
+        if self.socket is not None and not self.socket.is_closing():
+            abort = getattr(self.socket, "abort", None)
+            if abort is not None:
+                abort()
+
+    async def write_forever(self) -> None:
+        """The writer: drain the outbox until the connection closes."""
+        settings = self.node.settings
+        limit = settings.write_batch
+        timeout = settings.send_timeout
+        try:
+            while True:
+                batch = await self.outbox.take(limit)
+                if not batch:
+                    break
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self.write(batch)
+                except TimeoutError:
+                    self.slow_consumer(f"write blocked for {timeout}s")
+                    self.abort()
+                    return
+            if self.closing is not None:
+                code, reason = self.closing
+                try:
+                    async with asyncio.timeout(timeout):
+                        await self.say_goodbye(code, reason)
+                except TimeoutError:
+                    self.abort()
+        except OSError:
+            # The client went away mid-write (uvicorn's ClientDisconnected).
+            self.close(1006, "client disconnected")
+
+    def count_written(self, events: int, size: int) -> None:
+        self._events_out.inc(events)
+        self._bytes_out.inc(size)
+        self._frames_out.inc()
+
+    def release(self) -> None:
+        """Unsubscribe everything; called once when the connection has ended."""
+        self.close(1006, "connection ended")
+        hub = self.node.hub
+        for subscription in self.subscriptions.values():
+            hub.unsubscribe(subscription)
+        self.subscriptions.clear()

@@ -1,0 +1,80 @@
+"""A connection's bounded queue of outgoing messages.
+
+The hub puts into it without awaiting; the connection's writer takes whole
+batches out.  The bounds (messages and bytes) are what keeps one slow client
+from growing the server's memory: when a put would cross them, the put is
+refused and the connection applies its slow-consumer policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Generic, TypeVar
+
+T = TypeVar("T", str, bytes)
+
+
+class Outbox(Generic[T]):
+    __slots__ = ("_items", "_size", "max_messages", "max_bytes", "_waiter", "closed")
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self._items: deque[T] = deque()
+        self._size = 0
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def size(self) -> int:
+        """Queued length: bytes for SSE, characters for WebSocket text."""
+        return self._size
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``; False (and nothing queued) if a bound would be crossed."""
+        size = len(item)
+        if len(self._items) >= self.max_messages or self._size + size > self.max_bytes:
+            return False
+        self._items.append(item)
+        self._size += size
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        return True
+
+    def clear(self) -> int:
+        """Drop everything queued; return how many messages were dropped."""
+        dropped = len(self._items)
+        self._items.clear()
+        self._size = 0
+        return dropped
+
+    def close(self) -> None:
+        """Wake the writer for good; :meth:`take` returns an empty batch from now on."""
+        self.closed = True
+        self.clear()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self, limit: int) -> list[T]:
+        """Wait for at least one message, then return up to ``limit`` of them."""
+        while not self._items:
+            if self.closed:
+                return []
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        items = self._items
+        if len(items) <= limit:
+            batch = list(items)
+            items.clear()
+            self._size = 0
+        else:
+            batch = [items.popleft() for _ in range(limit)]
+            self._size -= sum(len(item) for item in batch)
+        return batch

@@ -1,0 +1,193 @@
+"""One settings object for a node, read from CLI flags and environment variables.
+
+Every field of :class:`Settings` is a flag ``--field-name`` and an environment
+variable ``FANLINE_FIELD_NAME``.  A flag wins over the environment, which wins
+over the default.  ``fanline settings`` prints the table that
+docs/configuration.md carries, so the docs cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "FANLINE_"
+
+
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+class SettingsError(ValueError):
+    """A setting has a value outside what it accepts."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # -- serving ---------------------------------------------------------------
+    host: str = _setting("127.0.0.1", "Address to listen on for clients.")
+    port: int = _setting(8000, "Port for clients: WebSocket, SSE, HTTP API and demo page.")
+    internal_port: int = _setting(
+        9000,
+        "Port for metrics, health and drain, kept off the client port. "
+        "0 serves them on the client port instead.",
+    )
+    broker: str = _setting("memory://", "Broker URL: memory://, redis://, nats:// or kafka://.")
+    node_id: str = _setting("", "Name of this node in logs and metrics; defaults to hostname-pid.")
+    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    demo: bool = _setting(True, "Serve the demo page at /.")
+
+    # -- streams and resume ----------------------------------------------------
+    replay_limit: int = _setting(
+        300,
+        "Most publications replayed to one resuming subscriber. A client further "
+        "behind gets a reset instead.",
+    )
+
+    # -- per-connection bounds -------------------------------------------------
+    max_connections: int = _setting(10000, "Client connections per node; more are refused with 503.")
+    max_subscriptions: int = _setting(128, "Channels per connection (WebSocket subscriptions or SSE channels).")
+    max_channel_length: int = _setting(255, "Longest channel name, in characters.")
+    max_message_bytes: int = _setting(
+        65536, "Largest inbound WebSocket message and HTTP publish body, in bytes."
+    )
+    outbox_max_messages: int = _setting(
+        1000, "Messages queued for one connection before it counts as a slow consumer."
+    )
+    outbox_max_bytes: int = _setting(
+        1048576, "Bytes queued for one connection before it counts as a slow consumer."
+    )
+    send_timeout: float = _setting(
+        5.0,
+        "Seconds one write to a client may take. A client that does not read "
+        "for this long is closed as a slow consumer.",
+    )
+    write_batch: int = _setting(64, "Most queued messages written to a connection in one frame.")
+
+    # -- heartbeats ------------------------------------------------------------
+    heartbeat_interval: float = _setting(
+        25.0, "Seconds between heartbeats: WebSocket pings and heartbeat frames, SSE comments."
+    )
+    heartbeat_timeout: float = _setting(
+        10.0, "Seconds a WebSocket peer may take to answer a ping before it is closed."
+    )
+    sse_retry_ms: int = _setting(2000, "Reconnect delay suggested to SSE clients (the retry: field).")
+
+    # -- publishing --------------------------------------------------------------
+    client_publish: bool = _setting(
+        False, "Let WebSocket clients publish. The HTTP API is separate."
+    )
+
+    def __post_init__(self) -> None:
+        positive = (
+            "replay_limit",
+            "max_connections",
+            "max_subscriptions",
+            "max_channel_length",
+            "max_message_bytes",
+            "outbox_max_messages",
+            "outbox_max_bytes",
+            "send_timeout",
+            "write_batch",
+            "heartbeat_interval",
+            "heartbeat_timeout",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be greater than 0")
+        if not (0 < self.port < 65536) or not (0 <= self.internal_port < 65536):
+            raise SettingsError("ports must be between 1 and 65535 (internal_port may be 0)")
+        if self.internal_port == self.port:
+            raise SettingsError("internal_port must differ from port (or be 0)")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise SettingsError("log_level must be debug, info, warning or error")
+
+    @property
+    def node_name(self) -> str:
+        return self.node_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    # -- loading -----------------------------------------------------------------
+
+    @classmethod
+    def from_sources(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        parser = argparse.ArgumentParser(prog="fanline node", description="Run a Fanline edge node.")
+        add_arguments(parser)
+        namespace = parser.parse_args(list(argv or []))
+        return cls.from_namespace(namespace, environ)
+
+    @classmethod
+    def from_namespace(cls, namespace: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            flag_value = getattr(namespace, f.name, None)
+            if flag_value is not None:
+                values[f.name] = _convert(f, flag_value)
+            elif ENV_PREFIX + f.name.upper() in environ:
+                values[f.name] = _convert(f, environ[ENV_PREFIX + f.name.upper()])
+        return cls(**values)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict, with secrets masked, for the startup log line."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and value else value
+        return out
+
+
+def _type_name(f: dataclasses.Field[Any]) -> str:
+    return str(f.type)
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = _type_name(f)
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{f.name}: {raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}]"
+        if _type_name(f) == "bool":
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=_type_name(f).upper(), help=help_text)
+
+
+def markdown_table() -> str:
+    """The configuration reference, as docs/configuration.md carries it."""
+    rows = [
+        "| Flag | Environment variable | Default | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+        rows.append(
+            f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
+        )
+    return "\n".join(rows) + "\n"

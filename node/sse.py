@@ -1,0 +1,202 @@
+"""The Server-Sent Events endpoint, ``/sse?channel=A&channel=B``.
+
+A browser's native ``EventSource`` is the whole client.  Every event carries
+an ``id:`` that resumes *every* channel of the stream: it is the channels'
+positions, in the order the URL names the channels, joined by ``.``.  On
+reconnect the browser sends it back as ``Last-Event-ID``; after a page reload
+the application passes it as ``last_event_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+from broker_adapters.base import BrokerError
+from broker_adapters.types import InvalidChannel, InvalidEventId, Position, validate_channel
+
+from .access import Identity, Refusal
+from .connection import Connection, Message, Receive, Send
+from .hub import Delivery, Subscription
+from .protocol import ErrorCode
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+log = logging.getLogger("fanline.sse")
+
+KEEPALIVE = b": keepalive\n\n"
+
+
+class SSEStream(Connection[bytes]):
+    transport_name = "sse"
+
+    def __init__(self, node: Node, send: Send, channels: list[str]) -> None:
+        super().__init__(node, send)
+        self.channels = channels
+        # One event id per channel, in URL order; joined they resume the stream.
+        self.tokens: list[str] = [""] * len(channels)
+
+    def composite_id(self) -> bytes:
+        return ".".join(self.tokens).encode()
+
+    def encode_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
+        if len(self.tokens) == 1:
+            # The common case needs nothing per connection.
+            return delivery.sse_frame
+        self.tokens[subscription.index] = delivery.publication.position.event_id
+        return b"id: " + self.composite_id() + b"\n" + delivery.sse_body
+
+    def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> bytes:
+        self.tokens[subscription.index] = position.event_id
+        data = json.dumps(
+            {"type": "reset", "channel": subscription.channel, "id": position.event_id, "reason": reason},
+            separators=(",", ":"),
+        )
+        return b"event: fanline.reset\nid: " + self.composite_id() + b"\ndata: " + data.encode() + b"\n\n"
+
+    async def write(self, batch: list[bytes]) -> None:
+        body = batch[0] if len(batch) == 1 else b"".join(batch)
+        await self.send({"type": "http.response.body", "body": body, "more_body": True})
+        self.count_written(len(batch), len(body))
+
+    async def say_goodbye(self, code: int, reason: str) -> None:
+        hint = self.node.reconnect_hint_ms()
+        tail = f"retry: {hint}\n\n".encode() if hint else b""
+        await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def parse_last_event_id(raw: str, count: int) -> list[Position]:
+    """Split a composite SSE id into one position per channel."""
+    parts = raw.split(".")
+    if len(parts) != count:
+        raise InvalidEventId(
+            f"the event id names {len(parts)} channel positions but the URL names {count} channels"
+        )
+    return [Position.parse(part) for part in parts]
+
+
+async def _reply_error(send: Send, refusal: Refusal) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if refusal.retry_after is not None:
+        headers.append((b"retry-after", str(refusal.retry_after).encode()))
+    await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+    await send({"type": "http.response.body", "body": refusal.body()})
+
+
+def _parse_request(node: Node, scope: Message) -> tuple[list[str], list[Position] | None] | Refusal:
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    settings = node.settings
+    channels = [value for key, value in query if key == "channel"]
+    if not channels:
+        return Refusal(400, ErrorCode.INVALID_CHANNEL, "name at least one channel: /sse?channel=NAME")
+    if len(channels) > settings.max_subscriptions:
+        node.limit_rejected("subscriptions")
+        return Refusal(
+            400, ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {settings.max_subscriptions} channels per stream"
+        )
+    if len(set(channels)) != len(channels):
+        return Refusal(400, ErrorCode.ALREADY_SUBSCRIBED, "a channel is named twice")
+    try:
+        for channel in channels:
+            validate_channel(channel, settings.max_channel_length)
+    except InvalidChannel as exc:
+        return Refusal(400, ErrorCode.INVALID_CHANNEL, str(exc))
+    header_id = next((v for k, v in scope.get("headers", []) if k == b"last-event-id"), None)
+    # The browser's Last-Event-ID is newer than any id baked into the URL.
+    raw = header_id.decode("latin-1") if header_id is not None else dict(query).get("last_event_id")
+    if not raw:
+        return channels, None
+    try:
+        return channels, parse_last_event_id(raw, len(channels))
+    except InvalidEventId as exc:
+        return Refusal(400, ErrorCode.INVALID_EVENT_ID, str(exc))
+
+
+async def sse_endpoint(node: Node, scope: Message, receive: Receive, send: Send) -> None:
+    parsed = _parse_request(node, scope)
+    if isinstance(parsed, Refusal):
+        node.metrics.client_errors.labels(parsed.code).inc()
+        await _reply_error(send, parsed)
+        return
+    channels, positions = parsed
+    admission = node.admit(scope, "sse")
+    if isinstance(admission, Refusal):
+        await _reply_error(send, admission)
+        return
+    for channel in channels:
+        refusal = node.access.check_subscribe(admission, channel)
+        if refusal is not None:
+            await _reply_error(send, refusal)
+            return
+    stream = SSEStream(node, send, channels)
+    node.register(stream)
+    watcher = asyncio.create_task(_watch_disconnect(stream, receive), name="sse-disconnect")
+    try:
+        await _serve(node, stream, admission, positions)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        stream.release()
+        node.unregister(stream)
+
+
+async def _serve(node: Node, stream: SSEStream, identity: Identity, positions: list[Position] | None) -> None:
+    outcomes = []
+    try:
+        for index, channel in enumerate(stream.channels):
+            since = positions[index] if positions else None
+            outcome = await node.hub.subscribe(stream, channel, since, index)
+            stream.subscriptions[channel] = outcome.subscription
+            outcomes.append(outcome)
+    except BrokerError as exc:
+        await _reply_error(
+            stream.send,
+            Refusal(503, ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}", retry_after=2),
+        )
+        return
+    await stream.send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache, no-transform"),
+                # Tell nginx-style proxies not to buffer the stream.
+                (b"x-accel-buffering", b"no"),
+            ],
+        }
+    )
+    summary = {}
+    for index, outcome in enumerate(outcomes):
+        stream.tokens[index] = outcome.position.event_id
+        summary[outcome.subscription.channel] = {
+            "id": outcome.position.event_id,
+            "recovered": outcome.recovered,
+            "replayed": outcome.replayed,
+        }
+    hello = (
+        f"retry: {node.settings.sse_retry_ms}\n".encode()
+        + b"event: fanline.subscribed\nid: "
+        + stream.composite_id()
+        + b"\ndata: "
+        + json.dumps({"type": "subscribed", "channels": summary}, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
+    stream.queue(hello)
+    for outcome in outcomes:
+        if outcome.reset_reason is not None and outcome.reset_position is not None:
+            stream.push_reset(outcome.subscription, outcome.reset_position, outcome.reset_reason)
+        node.hub.start_delivery(outcome.subscription)
+    await stream.write_forever()
+
+
+async def _watch_disconnect(stream: SSEStream, receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            stream.close(1006, "client disconnected")
+            return

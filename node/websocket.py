@@ -1,0 +1,188 @@
+"""The WebSocket endpoint, ``/ws``: a raw ASGI handler around :mod:`node.protocol`.
+
+The ASGI task reads client frames and acts on them one at a time; a writer
+task (owned here, cancelled on exit) drains the outbox.  Queued messages are
+written as one text frame of newline-separated JSON objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from broker_adapters.base import BrokerError
+from broker_adapters.types import Position
+
+from . import protocol
+from .access import Refusal
+from .connection import Connection, Message, Receive, Send
+from .hub import Delivery, Subscription
+from .protocol import CloseCode, ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from .runtime import Node
+
+log = logging.getLogger("fanline.websocket")
+
+
+class WebSocketSession(Connection[str]):
+    transport_name = "ws"
+
+    def __init__(self, node: Node, send: Send, identity: Any) -> None:
+        super().__init__(node, send)
+        self.identity = identity
+
+    def encode_event(self, subscription: Subscription, delivery: Delivery) -> str:
+        return delivery.text
+
+    def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> str:
+        return protocol.reset_frame(subscription.channel, position, reason)
+
+    async def write(self, batch: list[str]) -> None:
+        text = batch[0] if len(batch) == 1 else "\n".join(batch)
+        await self.send({"type": "websocket.send", "text": text})
+        self.count_written(len(batch), len(text))
+
+    async def say_goodbye(self, code: int, reason: str) -> None:
+        await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def error(self, code: str, message: str, rid: Any = None) -> None:
+        self.node.metrics.client_errors.labels(code).inc()
+        self.queue(protocol.error_frame(code, message, rid))
+
+    # -- client messages -----------------------------------------------------------
+
+    async def handle(self, text: str) -> None:
+        node = self.node
+        try:
+            message = protocol.parse_client_message(text, max_channel_length=node.settings.max_channel_length)
+        except ProtocolError as exc:
+            self.error(exc.code, exc.message, exc.rid)
+            return
+        if isinstance(message, protocol.Ping):
+            self.queue(protocol.pong_frame(message.rid))
+        elif isinstance(message, protocol.Subscribe):
+            await self.subscribe(message)
+        elif isinstance(message, protocol.Unsubscribe):
+            subscription = self.subscriptions.pop(message.channel, None)
+            if subscription is None:
+                self.error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.channel}", message.rid)
+                return
+            node.hub.unsubscribe(subscription)
+            self.queue(protocol.unsubscribed_frame(message.channel, message.rid))
+        elif isinstance(message, protocol.Publish):
+            await self.publish(message)
+
+    async def subscribe(self, message: protocol.Subscribe) -> None:
+        node = self.node
+        channel = message.channel
+        if channel in self.subscriptions:
+            self.error(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}", message.rid)
+            return
+        if len(self.subscriptions) >= node.settings.max_subscriptions:
+            node.limit_rejected("subscriptions")
+            self.error(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"at most {node.settings.max_subscriptions} subscriptions per connection",
+                message.rid,
+            )
+            return
+        refusal = node.access.check_subscribe(self.identity, channel)
+        if refusal is not None:
+            self.error(refusal.code, refusal.message, message.rid)
+            return
+        try:
+            outcome = await node.hub.subscribe(self, channel, message.since)
+        except BrokerError as exc:
+            self.error(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}", message.rid)
+            return
+        subscription = outcome.subscription
+        if self.closing is not None:
+            node.hub.unsubscribe(subscription)
+            return
+        self.subscriptions[channel] = subscription
+        self.queue(
+            protocol.subscribed_frame(
+                channel,
+                outcome.position,
+                recovered=outcome.recovered,
+                replayed=outcome.replayed,
+                rid=message.rid,
+            )
+        )
+        if outcome.reset_reason is not None and outcome.reset_position is not None:
+            self.queue(protocol.reset_frame(channel, outcome.reset_position, outcome.reset_reason))
+        node.hub.start_delivery(subscription)
+
+    async def publish(self, message: protocol.Publish) -> None:
+        node = self.node
+        refusal = node.access.check_client_publish(self.identity, message.channel)
+        if refusal is not None:
+            self.error(refusal.code, refusal.message, message.rid)
+            return
+        try:
+            publication = await node.hub.publish(message.channel, message.data, message.event, source="ws")
+        except BrokerError as exc:
+            self.error(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}", message.rid)
+            return
+        self.queue(protocol.published_frame(message.channel, publication.position, message.rid))
+
+
+async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send: Send) -> None:
+    connect = await receive()
+    if connect["type"] != "websocket.connect":
+        return
+    admission = node.admit(scope, "ws")
+    if isinstance(admission, Refusal):
+        await _refuse(scope, send, admission)
+        return
+    await send({"type": "websocket.accept"})
+    session = WebSocketSession(node, send, admission)
+    node.register(session)
+    writer = asyncio.create_task(session.write_forever(), name="ws-writer")
+    session.queue(protocol.connected_frame(node.name, node.settings.heartbeat_interval))
+    max_bytes = node.settings.max_message_bytes
+    try:
+        while session.closing is None:
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                break
+            if kind != "websocket.receive":
+                continue
+            text = message.get("text")
+            if text is None:
+                raw = message.get("bytes") or b""
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    session.error(ErrorCode.INVALID_JSON, "binary frame is not UTF-8 text")
+                    continue
+            if len(text) > max_bytes:
+                node.limit_rejected("message_size")
+                session.error(ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {max_bytes} bytes")
+                continue
+            await session.handle(text)
+        if session.closing is None:
+            session.close(CloseCode.NORMAL, "")
+        # Let the writer flush and say goodbye, within its own timeouts.
+        await writer
+    finally:
+        if not writer.done():
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+        session.release()
+        node.unregister(session)
+
+
+async def _refuse(scope: Message, send: Send, refusal: Refusal) -> None:
+    """Refuse the handshake with an HTTP response when the server supports it."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        headers = [(b"content-type", b"application/json")]
+        if refusal.retry_after is not None:
+            headers.append((b"retry-after", str(refusal.retry_after).encode()))
+        await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": refusal.body()})
+    else:
+        await send({"type": "websocket.close", "code": refusal.close_code, "reason": refusal.message[:120]})

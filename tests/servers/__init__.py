@@ -1,0 +1,75 @@
+"""Real broker servers for tests, started from PyPI wheels on free loopback ports.
+
+Each module ``<kind>_server.py`` defines a ``Server`` class with this shape:
+
+- ``kind``: "redis", "nats" or "kafka";
+- ``start()`` / ``stop()``: run the server process, and stop it for good;
+- ``kill()``: SIGKILL it (a crash); ``restart()``: start it again on the same port;
+- ``url(**options)``: the Fanline broker URL for it, with adapter options
+  (``history_size``, ``history_ttl``, ...) as query parameters;
+- ``lose_data()``: destroy the broker's data the way an operator or a crash
+  would (FLUSHALL, stream deleted, topic recreated), so streams get a new epoch.
+
+:func:`available_kinds` lists the kinds whose server module imports, so an
+adapter's tests join the shared suites by adding their module alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Protocol
+
+
+class BrokerServer(Protocol):
+    kind: str
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def kill(self) -> None: ...
+    def restart(self) -> None: ...
+    def url(self, **options: Any) -> str: ...
+    def lose_data(self) -> None: ...
+
+
+class MemoryServer:
+    """The embedded broker needs no server; it lives inside each node or test."""
+
+    kind = "memory"
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def kill(self) -> None:
+        raise NotImplementedError("the embedded broker dies with its node")
+
+    def restart(self) -> None:
+        raise NotImplementedError("the embedded broker dies with its node")
+
+    def lose_data(self) -> None:
+        raise NotImplementedError("the embedded broker dies with its node")
+
+    def url(self, **options: Any) -> str:
+        query = "&".join(f"{k}={v}" for k, v in options.items())
+        return "memory://" + (f"?{query}" if query else "")
+
+
+NETWORKED = ("redis", "nats", "kafka")
+
+
+def server_class(kind: str) -> type[Any] | None:
+    if kind == "memory":
+        return MemoryServer
+    try:
+        module = importlib.import_module(f"tests.servers.{kind}_server")
+    except ModuleNotFoundError:
+        return None
+    server: type[Any] = module.Server
+    return server
+
+
+def available_kinds(include_memory: bool = True) -> list[str]:
+    kinds = (["memory"] if include_memory else []) + list(NETWORKED)
+    return [k for k in kinds if server_class(k) is not None]

@@ -1,0 +1,200 @@
+"""One contract, every adapter: the same tests against each real broker.
+
+These talk to the adapter API directly (no node), against real servers
+started by the fixtures in tests/servers/.  An adapter joins by providing its
+``tests/servers/<kind>_server.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import pytest
+
+from broker_adapters import Broker, Publication, open_broker
+from broker_adapters.types import encode_data
+
+from .servers import available_kinds, server_class
+
+_names = itertools.count()
+
+
+class Recorder:
+    """A BrokerListener that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.publications: list[Publication] = []
+        self.resyncs: list[list[str] | None] = []
+        self.availability: list[bool] = []
+        self.arrived = asyncio.Event()
+
+    def on_publication(self, publication: Publication) -> None:
+        self.publications.append(publication)
+        self.arrived.set()
+
+    def on_resync(self, channels: Iterable[str] | None) -> None:
+        self.resyncs.append(None if channels is None else list(channels))
+
+    def on_availability(self, available: bool) -> None:
+        self.availability.append(available)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Publication]:
+        async with asyncio.timeout(timeout):
+            while len(self.publications) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.publications
+
+
+@pytest.fixture(scope="module", params=available_kinds())
+def server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    cls = server_class(request.param)
+    assert cls is not None
+    instance = cls()
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"conf.c{next(_names)}"
+
+
+async def _open(url: str, listener: Recorder | None = None) -> Broker:
+    broker = open_broker(url)
+    await broker.start(listener or Recorder())
+    return broker
+
+
+@pytest.fixture
+async def broker(server: Any) -> AsyncIterator[Broker]:
+    broker = await _open(server.url())
+    yield broker
+    await broker.close()
+
+
+async def test_publications_get_growing_positions_in_one_epoch(broker: Broker, name: str) -> None:
+    published = [await broker.publish(name, encode_data({"n": i})) for i in range(5)]
+    assert len({p.epoch for p in published}) == 1
+    offsets = [p.offset for p in published]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 5 and offsets[0] > 0
+    if broker.contiguous_offsets:
+        assert offsets == list(range(offsets[0], offsets[0] + 5))
+    history = await broker.history(name, 0, 100)
+    assert history.complete
+    assert [(p.offset, p.data) for p in history.publications] == [(p.offset, p.data) for p in published]
+    assert history.top == published[-1].position
+
+
+async def test_history_since_a_position_and_limit(broker: Broker, name: str) -> None:
+    published = [await broker.publish(name, encode_data(i), event="tick" if i % 2 else None) for i in range(6)]
+    history = await broker.history(name, published[2].offset, 100)
+    assert [p.data for p in history.publications] == ["3", "4", "5"]
+    assert [p.event for p in history.publications] == ["tick", None, "tick"]
+    limited = await broker.history(name, published[0].offset, 2)
+    assert [p.data for p in limited.publications] == ["1", "2"]
+    top_only = await broker.history(name, None, 0)
+    assert top_only.top == published[-1].position and not top_only.publications
+
+
+async def test_an_empty_channel_already_has_an_epoch(broker: Broker, name: str) -> None:
+    empty = await broker.history(name, None, 0)
+    assert empty.top.epoch and empty.top.offset == 0
+    first = await broker.publish(name, encode_data("x"))
+    assert first.epoch == empty.top.epoch
+    resumed = await broker.history(name, 0, 10)
+    assert resumed.complete and [p.data for p in resumed.publications] == ['"x"']
+
+
+async def test_channels_are_independent_streams(broker: Broker, name: str) -> None:
+    for i in range(3):
+        await broker.publish(name + ".a", encode_data(f"a{i}"))
+        await broker.publish(name + ".b", encode_data(f"b{i}"))
+    a = await broker.history(name + ".a", 0, 100)
+    b = await broker.history(name + ".b", 0, 100)
+    assert [p.data for p in a.publications] == ['"a0"', '"a1"', '"a2"']
+    assert [p.data for p in b.publications] == ['"b0"', '"b1"', '"b2"']
+
+
+async def test_live_delivery_in_order_after_subscribe(server: Any, name: str) -> None:
+    listener = Recorder()
+    broker = await _open(server.url(), listener)
+    try:
+        await broker.subscribe(name)
+        published = [await broker.publish(name, encode_data(i)) for i in range(20)]
+        received = await listener.wait_for(20)
+        assert [p.position for p in received] == [p.position for p in published]
+        assert all(p.channel == name for p in received)
+        await broker.unsubscribe(name)
+        await broker.publish(name, encode_data("after"))
+        await asyncio.sleep(0.3)
+        assert len(listener.publications) == 20
+    finally:
+        await broker.close()
+
+
+async def test_one_nodes_publication_reaches_another_node(server: Any, name: str) -> None:
+    if server.kind == "memory":
+        pytest.skip("the embedded broker has one node by definition")
+    listener = Recorder()
+    receiver = await _open(server.url(), listener)
+    sender = await _open(server.url())
+    try:
+        await receiver.subscribe(name)
+        sent = await sender.publish(name, encode_data({"from": "sender"}))
+        (received,) = await listener.wait_for(1)
+        assert received.position == sent.position and received.data == '{"from":"sender"}'
+    finally:
+        await receiver.close()
+        await sender.close()
+
+
+async def test_trimmed_history_is_reported_incomplete(server: Any, name: str) -> None:
+    broker = await _open(server.url(history_size=5))
+    try:
+        published = [await broker.publish(name, encode_data(i)) for i in range(12)]
+        history = await broker.history(name, published[1].offset, 100)
+        assert not history.complete
+        recent = await broker.history(name, published[-4].offset, 100)
+        assert recent.complete and [p.data for p in recent.publications] == ["9", "10", "11"]
+    finally:
+        await broker.close()
+
+
+async def test_expired_history_is_reported_incomplete(server: Any, name: str) -> None:
+    broker = await _open(server.url(history_ttl=1))
+    try:
+        first = await broker.publish(name, encode_data("old"))
+        await asyncio.sleep(2.2)
+        second = await broker.publish(name, encode_data("new"))
+        history = await broker.history(name, first.offset - 1, 100)
+        assert not history.complete
+        assert (await broker.history(name, first.offset, 100)).complete
+        assert second.epoch == first.epoch
+    finally:
+        await broker.close()
+
+
+async def test_losing_the_brokers_data_starts_a_new_epoch(server: Any, name: str) -> None:
+    if server.kind == "memory":
+        pytest.skip("covered by restarting a node (tests/test_resume.py)")
+    broker = await _open(server.url())
+    try:
+        before = await broker.publish(name, encode_data("before"))
+        server.lose_data()
+        after = None
+        async with asyncio.timeout(30):
+            while after is None:
+                try:
+                    after = await broker.publish(name, encode_data("after"))
+                except Exception:
+                    await asyncio.sleep(0.2)
+        assert after.epoch != before.epoch
+        history = await broker.history(name, before.offset, 100)
+        assert history.top.epoch == after.epoch
+    finally:
+        await broker.close()
