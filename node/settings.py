@@ -78,6 +78,13 @@ class Settings:
     )
     sse_retry_ms: int = _setting(2000, "Reconnect delay suggested to SSE clients (the retry: field).")
 
+    # -- drain -------------------------------------------------------------------------
+    drain_window: float = _setting(
+        20.0,
+        "Seconds over which a draining node closes its connections, in paced batches with "
+        "jitter, so clients reconnect to other nodes gradually.",
+    )
+
     # -- publishing --------------------------------------------------------------
     client_publish: bool = _setting(
         False, "Let WebSocket clients publish. The HTTP API is separate."
@@ -96,6 +103,7 @@ class Settings:
             "write_batch",
             "heartbeat_interval",
             "heartbeat_timeout",
+            "drain_window",
         )
         for name in positive:
             if getattr(self, name) <= 0:
