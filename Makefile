@@ -22,6 +22,14 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
+## bench: measure fan-out, latency and memory; writes loadtest/results/
+bench: $(STAMP)
+	$(BIN)/python -m loadtest.bench
+
+## loadtest: a short headless Locust run (about 30 s) against a local node
+loadtest: $(STAMP)
+	$(BIN)/python -m loadtest.run_local
+
 lint: $(STAMP)
 	$(BIN)/ruff check node broker_adapters tests loadtest
 
