@@ -82,7 +82,11 @@ class SSEEvent:
 
 
 class SSEClient:
-    """An SSE reader that parses the stream exactly as the HTML spec says a browser does."""
+    """An SSE reader that parses the stream exactly as the HTML spec says a browser does.
+
+    A reader task owns the response; events are queued, so a caller's timeout
+    never cancels the parser halfway through a line.
+    """
 
     def __init__(self, response: httpx.Response, client: httpx.AsyncClient) -> None:
         self.response = response
@@ -90,7 +94,8 @@ class SSEClient:
         self.last_event_id: str | None = None
         self.retry: int | None = None
         self.comments = 0
-        self._lines = response.aiter_lines()
+        self._queue: asyncio.Queue[SSEEvent | None] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def connect(
@@ -108,37 +113,45 @@ class SSEClient:
         response = await client.send(request, stream=True)
         return cls(response, client)
 
-    async def next_event(self, timeout: float = 10.0) -> SSEEvent:
-        return await asyncio.wait_for(self._next_event(), timeout)
-
-    async def _next_event(self) -> SSEEvent:
+    async def _read(self) -> None:
         event = SSEEvent()
         has_data = False
         data_lines: list[str] = []
-        async for line in self._lines:
-            if line == "":
-                if event.id is not None:
-                    self.last_event_id = event.id
-                if not has_data:
-                    event = SSEEvent()
+        try:
+            async for line in self.response.aiter_lines():
+                if line == "":
+                    if event.id is not None:
+                        self.last_event_id = event.id
+                    if has_data:
+                        event.data = "\n".join(data_lines)
+                        await self._queue.put(event)
+                    event, has_data, data_lines = SSEEvent(), False, []
                     continue
-                event.data = "\n".join(data_lines)
-                return event
-            if line.startswith(":"):
-                self.comments += 1
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                has_data = True
-                data_lines.append(value)
-            elif name == "event":
-                event.event = value
-            elif name == "id":
-                event.id = value
-            elif name == "retry" and value.isdigit():
-                self.retry = int(value)
-        raise EOFError("stream ended")
+                if line.startswith(":"):
+                    self.comments += 1
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    has_data = True
+                    data_lines.append(value)
+                elif name == "event":
+                    event.event = value
+                elif name == "id":
+                    event.id = value
+                elif name == "retry" and value.isdigit():
+                    self.retry = int(value)
+        except httpx.HTTPError:
+            pass
+        finally:
+            await self._queue.put(None)
+
+    async def next_event(self, timeout: float = 10.0) -> SSEEvent:
+        event = await asyncio.wait_for(self._queue.get(), timeout)
+        if event is None:
+            self._queue.put_nowait(None)
+            raise EOFError("stream ended")
+        return event
 
     async def events(self, count: int, timeout: float = 10.0) -> list[SSEEvent]:
         """The next ``count`` application events and resets (not fanline.subscribed)."""
@@ -150,6 +163,8 @@ class SSEClient:
         return out
 
     async def close(self) -> None:
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
         await self.response.aclose()
         await self.client.aclose()
 
