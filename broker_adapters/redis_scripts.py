@@ -1,0 +1,84 @@
+"""The Lua scripts behind the Redis adapter, and the key layout they assume.
+
+docs/brokers/redis.md reproduces :data:`PUBLISH_SCRIPT` verbatim so that
+applications in other languages can publish natively; the raw-client test in
+tests/test_cluster.py runs the copy in the docs, so the two cannot drift.
+
+Per channel ``C`` with key prefix ``P``:
+
+- ``P:{C}:meta``   hash: ``epoch`` (string), ``offset`` (integer);
+- ``P:{C}:stream`` stream: entry id ``<offset>-0``, fields ``d`` (data),
+  ``e`` (event type or empty), ``t`` (publish time, ms since the Unix epoch);
+- ``P:{C}:live``   pub/sub channel carrying ``1:<epoch>:<offset>:<time_ms>:<event>\\n<data>``.
+
+The ``{C}`` hash tag puts all three in one Redis Cluster slot, so one script
+may touch them atomically.
+"""
+
+from __future__ import annotations
+
+# KEYS[1] meta hash, KEYS[2] stream.
+# ARGV[1] live pub/sub channel, ARGV[2] data, ARGV[3] event type or "",
+# ARGV[4] history size (entries), ARGV[5] history ttl (ms), ARGV[6] meta ttl (ms),
+# ARGV[7] a fresh random epoch ([A-Za-z0-9]{8}), used only if the channel has none.
+# Returns {epoch, offset, time_ms}.
+PUBLISH_SCRIPT = """\
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[7]) == 1 then
+  redis.call('DEL', KEYS[2])
+end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local now = redis.call('TIME')
+local time_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, offset .. '-0', 'd', ARGV[2], 'e', ARGV[3], 't', time_ms)
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+else
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[1], '1:' .. epoch .. ':' .. offset .. ':' .. time_ms .. ':' .. ARGV[3] .. '\\n' .. ARGV[2])
+return {epoch, offset, time_ms}
+"""
+
+# KEYS[1] meta hash, KEYS[2] stream.
+# ARGV[1] a fresh random epoch, used only if the channel has none,
+# ARGV[2] since (offset; -1 asks for the top only), ARGV[3] limit,
+# ARGV[4] history size, ARGV[5] history ttl (ms), ARGV[6] meta ttl (ms).
+# Returns {epoch, top_offset, complete (0/1), entries}; entries are XRANGE
+# items after `since`, oldest first, without the ones older than the ttl.
+HISTORY_SCRIPT = """\
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local top = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local since = tonumber(ARGV[2])
+if since < 0 or since >= top then
+  return {epoch, top, since == top and 1 or 0, {}}
+end
+local limit = tonumber(ARGV[3])
+if limit < 1 then limit = 1 end
+local now = redis.call('TIME')
+local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[5])
+local entries = redis.call('XRANGE', KEYS[2], (since + 1) .. '-0', '+', 'COUNT', limit)
+local fresh = {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  local t = 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then t = tonumber(fields[i + 1]) or 0 end
+  end
+  if t >= horizon then table.insert(fresh, entry) end
+end
+-- Complete only if the very next offset is still there, inside the size
+-- window and not expired: anything else means a publication after `since`
+-- is gone.
+local complete = 0
+if fresh[1] ~= nil and fresh[1][1] == (since + 1) .. '-0' and since >= top - tonumber(ARGV[4]) then
+  complete = 1
+end
+return {epoch, top, complete, fresh}
+"""
