@@ -10,6 +10,7 @@ case, a Redis that comes back empty.
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -125,6 +126,9 @@ class Server:
         script = documented_publish_script()
         prefix = "fanline"
         keys = [f"{prefix}:{{{channel}}}:meta", f"{prefix}:{{{channel}}}:stream"]
-        args: list[Any] = [f"{prefix}:{{{channel}}}:live", data, "", 1000, 600_000, 86_400_000, "rawEpoch"]
+        # A fresh random epoch every call, as the docs demand: a fixed one
+        # would be reused after Redis lost its data and splice two streams.
+        epoch = secrets.token_hex(4)
+        args: list[Any] = [f"{prefix}:{{{channel}}}:live", data, "", 1000, 600_000, 86_400_000, epoch]
         with self._client() as client:
             client.eval(script, 2, *keys, *args)

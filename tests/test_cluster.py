@@ -1,0 +1,174 @@
+"""Several nodes on one networked broker: cross-node fan-out and client failover.
+
+Parametrized over every networked broker whose test server module exists, so
+an adapter joins by adding ``tests/servers/<kind>_server.py``.  A server
+class may offer ``raw_publish(channel, data)`` to publish the way a
+non-Python application would; the raw-client test runs only where it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from broker_adapters.publisher import Publisher
+
+from .clients import SSEClient, WSClient, publish
+from .processes import NodeProcess
+from .servers import available_kinds, server_class
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", params=available_kinds(include_memory=False))
+def server(request: pytest.FixtureRequest) -> Iterator[Any]:
+    cls = server_class(request.param)
+    assert cls is not None
+    instance = cls()
+    instance.start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="module")
+def survivor(server: Any) -> Iterator[NodeProcess]:
+    """Node B: publishes, and takes over the clients of a killed node."""
+    with NodeProcess(server.url()) as node:
+        yield node
+
+
+@pytest.fixture
+def node_a(server: Any) -> Iterator[NodeProcess]:
+    """Node A: where clients connect first; some tests kill it."""
+    with NodeProcess(server.url()) as node:
+        yield node
+
+
+@contextlib.asynccontextmanager
+async def publishing(url: str, channel: str, count: int, pause: float = 0.01) -> AsyncIterator[list[str]]:
+    """Publish 0..count-1 through node ``url`` in the background; yields the ids so far."""
+    ids: list[str] = []
+
+    async def run() -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for i in range(count):
+                response = await http.post(url + "/api/publish", json={"channel": channel, "data": i})
+                response.raise_for_status()
+                ids.append(response.json()["id"])
+                await asyncio.sleep(pause)
+
+    task = asyncio.create_task(run())
+    try:
+        yield ids
+        async with asyncio.timeout(60):
+            await task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_publications_from_another_node_and_from_the_broker_reach_a_client(
+    server: Any, node_a: NodeProcess, survivor: NodeProcess, channel: str
+) -> None:
+    client = await WSClient.connect(node_a.ws_url)
+    await client.subscribe(channel)
+    via_node = await publish(survivor.url, channel, {"via": "node B"})
+    async with Publisher(server.url()) as publisher:
+        via_broker = (await publisher.publish(channel, {"via": "broker"}, event="note")).event_id
+    first, second = await client.events(2)
+    assert (first["id"], first["data"]) == (via_node, {"via": "node B"})
+    assert (second["id"], second["data"], second["event"]) == (via_broker, {"via": "broker"}, "note")
+    await client.close()
+
+
+async def test_an_application_publishing_with_the_raw_client_reaches_live_and_resuming_clients(
+    server: Any, node_a: NodeProcess, survivor: NodeProcess, channel: str
+) -> None:
+    raw_publish = getattr(server, "raw_publish", None)
+    if raw_publish is None:
+        pytest.skip(f"the {server.kind} test server offers no raw_publish")
+    client = await WSClient.connect(node_a.ws_url)
+    start = (await client.subscribe(channel))["id"]
+    # Pretty-printed JSON and a payload that is not JSON at all: both keep
+    # their place in the stream, on one line each.
+    payloads = [b'{\n  "n": 1\n}', b"plain text", b"[2]"]
+    for payload in payloads:
+        await asyncio.to_thread(raw_publish, channel, payload)
+    live = await client.events(3)
+    assert [e["data"] for e in live] == [{"n": 1}, "plain text", [2]]
+    await client.close()
+    # The same publications come back from history, on the other node.
+    again = await WSClient.connect(survivor.ws_url)
+    reply = await again.subscribe(channel, since=start)
+    assert reply["recovered"] is True and reply["replayed"] == 3
+    replayed = await again.events(3)
+    assert [(e["id"], e["data"]) for e in replayed] == [(e["id"], e["data"]) for e in live]
+    await again.close()
+
+
+async def _drain_ws(client: WSClient) -> list[dict[str, Any]]:
+    """Everything a client still receives from a dying node, until the connection ends."""
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
+        for _ in range(10_000):
+            message = await client.recv(timeout=5)
+            if message["type"] in ("event", "reset"):
+                out.append(message)
+    return out
+
+
+async def test_websocket_client_fails_over_to_another_node_without_loss_or_duplicates(
+    node_a: NodeProcess, survivor: NodeProcess, channel: str
+) -> None:
+    total = 120
+    client = await WSClient.connect(node_a.ws_url)
+    await client.subscribe(channel)
+    received: list[dict[str, Any]] = []
+    async with publishing(survivor.url, channel, total) as ids:
+        received += await client.events(20)
+        await asyncio.to_thread(node_a.kill)
+        received += await _drain_ws(client)
+        assert all(m["type"] == "event" for m in received)
+        # The client reconnects elsewhere, as a load balancer would send it.
+        client = await WSClient.connect(survivor.ws_url)
+        reply = await client.subscribe(channel, since=received[-1]["id"])
+        assert reply["recovered"] is True
+        received += await client.events(total - len(received), timeout=20)
+    assert [m["data"] for m in received] == list(range(total))
+    assert [m["id"] for m in received] == ids
+    await client.close()
+
+
+async def test_sse_client_fails_over_to_another_node_without_loss_or_duplicates(
+    node_a: NodeProcess, survivor: NodeProcess, channel: str
+) -> None:
+    total = 120
+    stream = await SSEClient.connect(node_a.url, [channel])
+    assert (await stream.next_event()).event == "fanline.subscribed"
+    received: list[Any] = []
+    async with publishing(survivor.url, channel, total) as ids:
+        received += [e.json() for e in await stream.events(20)]
+        await asyncio.to_thread(node_a.kill)
+        with contextlib.suppress(EOFError, TimeoutError, httpx.HTTPError):
+            for _ in range(10_000):
+                event = await stream.next_event(timeout=5)
+                if event.event != "fanline.subscribed":
+                    received.append(event.json())
+        last_id = stream.last_event_id
+        await stream.close()
+        # As EventSource reconnects: same URL on another node, Last-Event-ID header.
+        stream = await SSEClient.connect(survivor.url, [channel], last_event_id=last_id)
+        hello = await stream.next_event()
+        assert hello.json()["channels"][channel]["recovered"] is True
+        received += [e.json() for e in await stream.events(total - len(received), timeout=20)]
+    assert [e["type"] for e in received] == ["event"] * total
+    assert [e["data"] for e in received] == list(range(total))
+    assert [e["id"] for e in received] == ids
+    await stream.close()
