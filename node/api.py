@@ -169,9 +169,20 @@ def client_routes(node: Node) -> list[Route]:
     return routes
 
 
+async def drain(request: Request) -> Response:
+    """POST starts the paced drain; GET reports how far it got (for ``fanline drain --wait``)."""
+    node = _node(request)
+    if request.method == "POST":
+        node.begin_drain()
+    return JSONResponse(
+        {"draining": node.draining, "connections": len(node.connections), "window": node.settings.drain_window}
+    )
+
+
 def internal_routes(node: Node) -> list[Route]:
     return [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+        Route("/drain", drain, methods=["GET", "POST"]),
     ]

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -52,15 +53,29 @@ async def _publish_broker(url: str, channel: str, data: object, event: str | Non
     return 0
 
 
-def _drain(url: str) -> int:
-    request = urllib.request.Request(url.rstrip("/") + "/drain", data=b"", method="POST")
+def _drain(url: str, wait: bool) -> int:
+    """Start a node's drain; with ``wait``, block until it has no connections left.
+
+    As a Kubernetes preStop hook this keeps SIGTERM back until the paced
+    drain is done, bounded by the node's own drain window plus a margin.
+    """
+    endpoint = url.rstrip("/") + "/drain"
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(response.read().decode())
-            return 0
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"drain failed: {exc}", file=sys.stderr)
+        with urllib.request.urlopen(urllib.request.Request(endpoint, data=b"", method="POST"), timeout=10) as response:
+            status = json.loads(response.read())
+        print(json.dumps(status))
+        deadline = time.monotonic() + float(status["window"]) + 5.0
+        while wait and status["connections"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            with urllib.request.urlopen(endpoint, timeout=5) as response:
+                status = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        # A node that is already gone has nothing left to drain.
+        print(f"drain: {exc}", file=sys.stderr)
         return 1
+    if wait:
+        print(json.dumps(status))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     drain_parser = commands.add_parser("drain", help="start a node's graceful drain (for a preStop hook)")
     drain_parser.add_argument("--url", default="http://127.0.0.1:9000", help="the node's internal address")
+    drain_parser.add_argument("--wait", action="store_true", help="block until the node has no connections left")
 
     commands.add_parser("settings", help="print the configuration reference as Markdown")
 
@@ -100,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_publish_broker(args.broker, args.channel, data, args.event))
         return _publish_http(args.url, args.channel, data, args.event, args.api_key)
     if args.command == "drain":
-        return _drain(args.url)
+        return _drain(args.url, args.wait)
     print(markdown_table(), end="")
     return 0
 

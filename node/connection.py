@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
@@ -23,6 +24,7 @@ from broker_adapters.types import Position
 
 from .hub import Delivery, Subscription
 from .outbox import Outbox, T
+from .protocol import CloseCode, ResetReason
 
 if TYPE_CHECKING:
     from .runtime import Node
@@ -48,6 +50,24 @@ def transport_of(send: Send) -> asyncio.BaseTransport | None:
     return transport if isinstance(transport, asyncio.BaseTransport) else None
 
 
+def _set_user_timeout(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """Let the kernel drop a peer that stops acknowledging what we send.
+
+    Heartbeats guarantee that something is sent every interval; with
+    TCP_USER_TIMEOUT, data left unacknowledged for ``seconds`` closes the
+    socket, so a vanished peer (a laptop lid closed, a dead NAT entry) is
+    detected even when nothing is reading from it and no ping is answered.
+    """
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+    except OSError:
+        pass
+
+
 class Connection(abc.ABC, Generic[T]):
     transport_name: ClassVar[str]
 
@@ -56,10 +76,14 @@ class Connection(abc.ABC, Generic[T]):
         self.node = node
         self.send = send
         self.socket = transport_of(send)
+        if self.socket is not None:
+            _set_user_timeout(self.socket, settings.heartbeat_timeout)
         self.outbox: Outbox[T] = Outbox(settings.outbox_max_messages, settings.outbox_max_bytes)
         self.subscriptions: dict[str, Subscription] = {}
         # Set once the connection is being closed: (close code, reason).
         self.closing: tuple[int, str] | None = None
+        # How long the client should wait before reconnecting, when we close it.
+        self.reconnect_after_ms = node.settings.sse_retry_ms
         metrics = node.metrics
         self._events_out = metrics.events_out.labels(self.transport_name)
         self._bytes_out = metrics.bytes_out.labels(self.transport_name)
@@ -68,17 +92,47 @@ class Connection(abc.ABC, Generic[T]):
     # -- what the hub calls --------------------------------------------------------
 
     def push(self, subscription: Subscription, delivery: Delivery) -> None:
-        if not self.outbox.put(self.encode_event(subscription, delivery)):
-            self.slow_consumer("outbox full")
+        item = self.encode_event(subscription, delivery)
+        outbox = self.outbox
+        # While a channel is conflated, its newer events replace the held one,
+        # so the client never sees that channel's events out of order.
+        if outbox.latest and subscription.channel in outbox.latest:
+            outbox.put_latest(subscription.channel, item)
+            self.node.metrics.slow_consumers.labels("latest").inc()
+        elif not outbox.put(item):
+            self.overflow(subscription, item)
 
     def push_reset(self, subscription: Subscription, position: Position, reason: str) -> None:
-        if not self.outbox.put(self.encode_reset(subscription, position, reason)):
-            self.slow_consumer("outbox full")
+        outbox = self.outbox
+        outbox.latest.pop(subscription.channel, None)
+        if not outbox.put(self.encode_reset(subscription, position, reason)):
+            self.slow_consumer("disconnect", "outbox full")
 
     def queue(self, item: T) -> None:
         """Queue a control message (a reply, a heartbeat)."""
         if not self.outbox.put(item):
-            self.slow_consumer("outbox full")
+            self.slow_consumer("disconnect", "outbox full")
+
+    def overflow(self, subscription: Subscription, item: T) -> None:
+        """The outbox is full: apply the channel's slow-consumer policy."""
+        policy = self.node.slow_consumer_policy(subscription.channel)
+        if policy == "latest":
+            self.outbox.put_latest(subscription.channel, item)
+            self.node.metrics.slow_consumers.labels("latest").inc()
+        elif policy == "reset":
+            self.slow_consumer("reset", "outbox full")
+            dropped = self.outbox.clear()
+            log.warning(
+                "slow consumer reset",
+                extra={"transport": self.transport_name, "dropped": dropped, "channel": subscription.channel},
+            )
+            # Every channel lost queued events: each gets an explicit reset
+            # at the newest position the client has been told about.
+            for sub in self.subscriptions.values():
+                if sub.pending is None:
+                    self.push_reset(sub, sub.position, ResetReason.SLOW_CONSUMER)
+        else:
+            self.slow_consumer("disconnect", "outbox full")
 
     # -- transport specifics ---------------------------------------------------------
 
@@ -98,23 +152,40 @@ class Connection(abc.ABC, Generic[T]):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str) -> None:
-        """Ask the writer to stop and say goodbye.  Safe to call more than once."""
+    def close(self, code: int, reason: str, flush: bool = False) -> None:
+        """Ask the writer to stop and say goodbye.  Safe to call more than once.
+
+        ``flush`` writes what is already queued first; otherwise it is dropped
+        (a slow consumer's backlog, or a client that is gone).
+        """
         if self.closing is None:
             self.closing = (code, reason)
-            self.outbox.close()
+            self.outbox.close(discard=not flush)
 
-    def slow_consumer(self, why: str) -> None:
+    def drain(self, reconnect_after_ms: int) -> None:
+        """Close because the node drains; the client should reconnect elsewhere."""
+        self.reconnect_after_ms = reconnect_after_ms
+        self.say_draining(reconnect_after_ms)
+        self.close(CloseCode.SERVICE_RESTART, "node draining", flush=True)
+
+    def say_draining(self, reconnect_after_ms: int) -> None:
+        """Queue the transport's drain notice, if it has one."""
+
+    @abc.abstractmethod
+    def send_heartbeat(self) -> None:
+        """Queue something the client can see, so both ends know the link lives."""
+
+    def slow_consumer(self, policy: str, why: str) -> None:
+        """Count and log a slow-consumer action; ``disconnect`` also closes."""
         if self.closing is not None:
             return
-        from .protocol import CloseCode
-
-        self.node.metrics.slow_consumers.labels("disconnect").inc()
-        log.warning(
-            "slow consumer disconnected",
-            extra={"transport": self.transport_name, "why": why, "queued": len(self.outbox)},
-        )
-        self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        self.node.metrics.slow_consumers.labels(policy).inc()
+        if policy == "disconnect":
+            log.warning(
+                "slow consumer disconnected",
+                extra={"transport": self.transport_name, "why": why, "queued": len(self.outbox)},
+            )
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def abort(self) -> None:
         """Drop the socket at once, whatever is buffered for it."""
@@ -137,7 +208,9 @@ class Connection(abc.ABC, Generic[T]):
                     async with asyncio.timeout(timeout):
                         await self.write(batch)
                 except TimeoutError:
-                    self.slow_consumer(f"write blocked for {timeout}s")
+                    # Whatever the channel's policy, a write stuck this long
+                    # means the client is not reading at all.
+                    self.slow_consumer("disconnect", f"write blocked for {timeout}s")
                     self.abort()
                     return
             if self.closing is not None:

@@ -44,3 +44,24 @@ def configure(level: str, node: str) -> None:
         logger.propagate = True
     # One line per WebSocket handshake is noise at 100k connections.
     logging.getLogger("uvicorn.error").setLevel(max(logging.WARNING, root.level))
+
+
+class LogThrottle:
+    """At most one log line per key per interval; counts what it held back.
+
+    A client flooding a limit must not be able to flood the log as well.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None to stay quiet; otherwise log, with the count suppressed since the last line."""
+        now = time.monotonic()
+        if now - self._last.get(key, -self.interval) < self.interval:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

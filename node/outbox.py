@@ -4,6 +4,10 @@ The hub puts into it without awaiting; the connection's writer takes whole
 batches out.  The bounds (messages and bytes) are what keeps one slow client
 from growing the server's memory: when a put would cross them, the put is
 refused and the connection applies its slow-consumer policy.
+
+For the ``latest`` policy the outbox also holds at most one *conflated*
+message per channel, outside the bounded queue: a newer one replaces it.
+That side table is bounded by the connection's subscription limit.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ T = TypeVar("T", str, bytes)
 
 
 class Outbox(Generic[T]):
-    __slots__ = ("_items", "_size", "max_messages", "max_bytes", "_waiter", "closed")
+    __slots__ = ("_items", "_size", "max_messages", "max_bytes", "_waiter", "closed", "latest")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self._items: deque[T] = deque()
@@ -25,6 +29,8 @@ class Outbox(Generic[T]):
         self.max_bytes = max_bytes
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+        # Conflated messages by channel, written after the queue.
+        self.latest: dict[str, T] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -37,34 +43,53 @@ class Outbox(Generic[T]):
     def put(self, item: T) -> bool:
         """Queue ``item``; False (and nothing queued) if a bound would be crossed."""
         size = len(item)
+        if self.closed:
+            return True  # the connection is going away; nothing to deliver to
         if len(self._items) >= self.max_messages or self._size + size > self.max_bytes:
             return False
         self._items.append(item)
         self._size += size
+        self._wake()
+        return True
+
+    def put_latest(self, key: str, item: T) -> bool:
+        """Hold ``item`` as the newest message for ``key``; True if it replaced one."""
+        if self.closed:
+            return False
+        replaced = key in self.latest
+        self.latest[key] = item
+        self._wake()
+        return replaced
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        return True
 
     def clear(self) -> int:
         """Drop everything queued; return how many messages were dropped."""
-        dropped = len(self._items)
+        dropped = len(self._items) + len(self.latest)
         self._items.clear()
+        self.latest.clear()
         self._size = 0
         return dropped
 
-    def close(self) -> None:
-        """Wake the writer for good; :meth:`take` returns an empty batch from now on."""
+    def close(self, discard: bool = True) -> None:
+        """Accept nothing more; :meth:`take` returns an empty batch once empty.
+
+        ``discard=False`` keeps what is queued so the writer can still flush it
+        (a drain message before the close, say).
+        """
         self.closed = True
-        self.clear()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        if discard:
+            self.clear()
+        self._wake()
 
     async def take(self, limit: int) -> list[T]:
         """Wait for at least one message, then return up to ``limit`` of them."""
-        while not self._items:
+        while not self._items and not self.latest:
             if self.closed:
                 return []
             self._waiter = asyncio.get_running_loop().create_future()
@@ -77,4 +102,9 @@ class Outbox(Generic[T]):
         else:
             batch = [items.popleft() for _ in range(limit)]
             self._size -= sum(len(item) for item in batch)
+        # Conflated messages go only once the queue is empty, so that a
+        # channel's older queued events are never written after its newest.
+        if not items and self.latest and len(batch) < limit:
+            batch.extend(self.latest.values())
+            self.latest.clear()
         return batch

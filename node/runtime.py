@@ -8,6 +8,7 @@ Each background task is started in :meth:`Node.start` and cancelled in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -17,8 +18,9 @@ from broker_adapters.base import BrokerError
 
 from .access import AccessPolicy, Identity, Refusal
 from .hub import Hub
+from .logs import LogThrottle
 from .metrics import Metrics
-from .protocol import HEARTBEAT_FRAME, CloseCode, ErrorCode
+from .protocol import CloseCode, ErrorCode
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -39,6 +41,11 @@ class Node:
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
         self._broker_started = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._all_closed = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._namespace_policies = settings.namespace_policies()
+        self._limit_log = LogThrottle(10.0)
         self._connection_gauges = {
             t: self.metrics.connections.labels(t) for t in ("ws", "sse")
         }
@@ -46,6 +53,7 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         log.info("node starting", extra={"node": self.name, "settings": self.settings.redacted()})
         self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
         self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="heartbeat"))
@@ -94,11 +102,10 @@ class Node:
 
     def admit(self, scope: Message, transport: str) -> Identity | Refusal:
         if self.draining:
-            self.limit_rejected("draining")
+            self.metrics.limit_rejections.labels("draining").inc()
             return Refusal(503, "draining", "node is draining; connect to another node", CloseCode.TRY_AGAIN_LATER, 1)
         if len(self.connections) >= self.settings.max_connections:
-            self.limit_rejected("connections")
-            log.warning("connection refused: node full", extra={"limit": self.settings.max_connections})
+            self.limit_rejected("connections", max_connections=self.settings.max_connections)
             return Refusal(
                 503, "too_many_connections", "node is at its connection limit", CloseCode.TRY_AGAIN_LATER, 5
             )
@@ -113,29 +120,71 @@ class Node:
         if connection in self.connections:
             self.connections.discard(connection)
             self._connection_gauges[connection.transport_name].dec()
+            if self.draining and not self.connections:
+                self._all_closed.set()
 
-    def limit_rejected(self, limit: str) -> None:
+    def limit_rejected(self, limit: str, **details: object) -> None:
+        """Count a refusal by a limit, and log it without flooding the log."""
         self.metrics.limit_rejections.labels(limit).inc()
+        suppressed = self._limit_log.allow(limit)
+        if suppressed is not None:
+            log.warning("limit reached", extra={"limit": limit, "suppressed_since_last": suppressed, **details})
 
-    def reconnect_hint_ms(self) -> int:
-        return self.settings.sse_retry_ms
+    def slow_consumer_policy(self, channel: str) -> str:
+        namespace, sep, _ = channel.partition(":")
+        if sep and namespace in self._namespace_policies:
+            return self._namespace_policies[namespace]
+        return self.settings.slow_consumer_policy
+
+    # -- drain ---------------------------------------------------------------------------
+
+    def begin_drain(self) -> asyncio.Task[None]:
+        """Start the paced drain (idempotent) and return the task doing it."""
+        if self._drain_task is None:
+            self.draining = True
+            self.metrics.draining.set(1.0)
+            log.info("drain started", extra={"connections": len(self.connections), "window": self.settings.drain_window})
+            self._drain_task = asyncio.create_task(self._drain(), name="drain")
+            self._tasks.append(self._drain_task)
+        return self._drain_task
+
+    async def _drain(self) -> None:
+        """Close every connection over ``drain_window`` seconds, in random order.
+
+        Closing everyone at once sends a reconnect wave at the remaining
+        nodes; spreading the closes (and the clients' reconnect delays) keeps
+        that load flat.
+        """
+        window = self.settings.drain_window
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        victims = list(self.connections)
+        random.shuffle(victims)
+        for index, connection in enumerate(victims):
+            due = started + window * index / max(len(victims), 1)
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if connection.closing is None:
+                connection.drain(random.randint(250, 1250))
+        # Closed clients need a moment to say goodbye; stragglers are left
+        # to uvicorn's shutdown.
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await self._all_closed.wait()
+        log.info("drain finished", extra={"left": len(self.connections)})
 
     # -- heartbeats ----------------------------------------------------------------------
 
     async def _heartbeat_forever(self) -> None:
         # One ticker for the whole node rather than a timer per connection.
-        from .sse import KEEPALIVE, SSEStream
-
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
             for connection in list(self.connections):
-                if connection.closing is not None:
-                    continue
-                if isinstance(connection, SSEStream):
-                    connection.queue(KEEPALIVE)
-                else:
-                    connection.queue(HEARTBEAT_FRAME)  # type: ignore[arg-type]
+                if connection.closing is None:
+                    connection.send_heartbeat()
 
 
 __all__ = ["Node", "ErrorCode"]

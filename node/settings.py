@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENV_PREFIX = "FANLINE_"
+SLOW_CONSUMER_POLICIES = ("disconnect", "reset", "latest")
 
 
 def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -68,6 +69,22 @@ class Settings:
         "for this long is closed as a slow consumer.",
     )
     write_batch: int = _setting(64, "Most queued messages written to a connection in one frame.")
+    slow_consumer_policy: str = _setting(
+        "disconnect",
+        "What happens to a client whose outbox overflows: disconnect (it resumes on reconnect), "
+        "reset (queued events are dropped and each channel gets a reset) or latest (only the "
+        "newest event per channel is kept until the client catches up).",
+    )
+    slow_consumer_namespaces: str = _setting(
+        "",
+        "Per-namespace overrides of slow_consumer_policy, as namespace=policy pairs separated "
+        "by commas, e.g. 'ticker=latest,feed=reset'. The namespace is the channel name up to "
+        "its first ':'.",
+    )
+    rate_limit: float = _setting(
+        50.0, "Client messages per second allowed per WebSocket connection, on average."
+    )
+    rate_burst: int = _setting(100, "Client messages a WebSocket connection may send in a burst.")
 
     # -- heartbeats ------------------------------------------------------------
     heartbeat_interval: float = _setting(
@@ -104,6 +121,8 @@ class Settings:
             "heartbeat_interval",
             "heartbeat_timeout",
             "drain_window",
+            "rate_limit",
+            "rate_burst",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -112,8 +131,24 @@ class Settings:
             raise SettingsError("ports must be between 1 and 65535 (internal_port may be 0)")
         if self.internal_port == self.port:
             raise SettingsError("internal_port must differ from port (or be 0)")
+        self.namespace_policies()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError("log_level must be debug, info, warning or error")
+
+    def namespace_policies(self) -> dict[str, str]:
+        """``slow_consumer_namespaces`` parsed, with every policy checked."""
+        policies: dict[str, str] = {}
+        for pair in filter(None, (p.strip() for p in self.slow_consumer_namespaces.split(","))):
+            namespace, sep, policy = pair.partition("=")
+            if not sep or not namespace.strip():
+                raise SettingsError(f"slow_consumer_namespaces: {pair!r} is not namespace=policy")
+            policies[namespace.strip()] = policy.strip()
+        for policy in (self.slow_consumer_policy, *policies.values()):
+            if policy not in SLOW_CONSUMER_POLICIES:
+                raise SettingsError(
+                    f"slow consumer policy {policy!r} is not one of {', '.join(SLOW_CONSUMER_POLICIES)}"
+                )
+        return policies
 
     @property
     def node_name(self) -> str:

@@ -58,14 +58,17 @@ class SSEStream(Connection[bytes]):
         )
         return b"event: fanline.reset\nid: " + self.composite_id() + b"\ndata: " + data.encode() + b"\n\n"
 
+    def send_heartbeat(self) -> None:
+        self.queue(KEEPALIVE)
+
     async def write(self, batch: list[bytes]) -> None:
         body = batch[0] if len(batch) == 1 else b"".join(batch)
         await self.send({"type": "http.response.body", "body": body, "more_body": True})
         self.count_written(len(batch), len(body))
 
     async def say_goodbye(self, code: int, reason: str) -> None:
-        hint = self.node.reconnect_hint_ms()
-        tail = f"retry: {hint}\n\n".encode() if hint else b""
+        # EventSource reconnects by itself after `retry` ms when the stream ends.
+        tail = f"retry: {self.reconnect_after_ms}\n\n".encode()
         await self.send({"type": "http.response.body", "body": tail, "more_body": False})
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from broker_adapters.base import BrokerError
@@ -32,6 +33,30 @@ class WebSocketSession(Connection[str]):
     def __init__(self, node: Node, send: Send, identity: Any) -> None:
         super().__init__(node, send)
         self.identity = identity
+        # Token bucket for inbound messages.
+        self._tokens = float(node.settings.rate_burst)
+        self._refilled = time.monotonic()
+        self._refused_in_a_row = 0
+
+    def admit_message(self) -> bool:
+        """Rate-limit inbound messages; close a client that keeps flooding."""
+        settings = self.node.settings
+        now = time.monotonic()
+        self._tokens = min(float(settings.rate_burst), self._tokens + (now - self._refilled) * settings.rate_limit)
+        self._refilled = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            self._refused_in_a_row = 0
+            return True
+        self._refused_in_a_row += 1
+        self.node.limit_rejected("message_rate", rate=settings.rate_limit, burst=settings.rate_burst)
+        if self._refused_in_a_row == 1:
+            # One error per streak: answering every dropped message would let
+            # a flood fill our own outbox.
+            self.error(ErrorCode.RATE_LIMITED, f"more than {settings.rate_limit:g} messages/s; message dropped")
+        elif self._refused_in_a_row > settings.rate_burst:
+            self.close(CloseCode.RATE_LIMITED, "message rate limit", flush=True)
+        return False
 
     def encode_event(self, subscription: Subscription, delivery: Delivery) -> str:
         return delivery.text
@@ -43,6 +68,13 @@ class WebSocketSession(Connection[str]):
         text = batch[0] if len(batch) == 1 else "\n".join(batch)
         await self.send({"type": "websocket.send", "text": text})
         self.count_written(len(batch), len(text))
+
+    def send_heartbeat(self) -> None:
+        # Browsers cannot see protocol pings; this frame they can.
+        self.queue(protocol.HEARTBEAT_FRAME)
+
+    def say_draining(self, reconnect_after_ms: int) -> None:
+        self.outbox.put(protocol.drain_frame(reconnect_after_ms))
 
     async def say_goodbye(self, code: int, reason: str) -> None:
         await self.send({"type": "websocket.close", "code": code, "reason": reason})
@@ -81,7 +113,7 @@ class WebSocketSession(Connection[str]):
             self.error(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}", message.rid)
             return
         if len(self.subscriptions) >= node.settings.max_subscriptions:
-            node.limit_rejected("subscriptions")
+            node.limit_rejected("subscriptions", max_subscriptions=node.settings.max_subscriptions)
             self.error(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {node.settings.max_subscriptions} subscriptions per connection",
@@ -159,8 +191,10 @@ async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send:
                 except UnicodeDecodeError:
                     session.error(ErrorCode.INVALID_JSON, "binary frame is not UTF-8 text")
                     continue
+            if not session.admit_message():
+                continue
             if len(text) > max_bytes:
-                node.limit_rejected("message_size")
+                node.limit_rejected("message_size", max_message_bytes=max_bytes)
                 session.error(ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {max_bytes} bytes")
                 continue
             await session.handle(text)
