@@ -279,6 +279,10 @@ def test_pod_runs_non_root_on_a_read_only_root(chart: Any) -> None:
     assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
     assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spread)
 
+    sysctls = [{"name": "net.core.somaxconn", "value": "4096"}]
+    objects = render(chart, {"podSecurityContext": {"sysctls": sysctls}})
+    assert pod_spec(objects)["securityContext"]["sysctls"] == sysctls
+
 
 # -- configuration wiring ------------------------------------------------------------------
 
