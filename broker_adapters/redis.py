@@ -21,7 +21,6 @@ import random
 import secrets
 import string
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -176,7 +175,17 @@ class RedisBroker(Broker):
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"redis history read failed: {exc}") from exc
         epoch_text = _text(epoch)
-        publications = [_entry_publication(channel, epoch_text, entry) for entry in entries[: max(limit, 0)]]
+        publications = [
+            Publication(
+                channel=channel,
+                epoch=epoch_text,
+                offset=offset,
+                data=normalize_data(data),
+                event=_event_type(event),
+                time_ms=time_ms,
+            )
+            for offset, time_ms, event, data in unpack_entries(entries, max(limit, 0))
+        ]
         return History(
             top=Position(epoch_text, int(top)),
             publications=publications,
@@ -216,17 +225,19 @@ def _event_type(raw: bytes) -> str | None:
         return None
 
 
-def _entry_publication(channel: str, epoch: str, entry: Sequence[Any]) -> Publication:
-    entry_id, raw_fields = entry
-    fields = dict(zip(raw_fields[::2], raw_fields[1::2], strict=True))
-    return Publication(
-        channel=channel,
-        epoch=epoch,
-        offset=int(_text(entry_id).split("-", 1)[0]),
-        data=normalize_data(fields.get(b"d", b"null")),
-        event=_event_type(fields.get(b"e", b"")),
-        time_ms=int(fields.get(b"t", b"0") or 0),
-    )
+def unpack_entries(packed: bytes, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+    """Split the history script's packed entries into (offset, time_ms, event, data)."""
+    out: list[tuple[int, int, bytes, bytes]] = []
+    view = memoryview(packed)
+    position = 0
+    while position < len(packed) and len(out) < limit:
+        newline = packed.index(b"\n", position)
+        offset, time_ms, event_length, data_length = packed[position:newline].split(b":")
+        event_end = newline + 1 + int(event_length)
+        data_end = event_end + int(data_length)
+        out.append((int(offset), int(time_ms), bytes(view[newline + 1 : event_end]), bytes(view[event_end:data_end])))
+        position = data_end
+    return out
 
 
 def parse_live_payload(channel: str, payload: bytes) -> Publication | None:
@@ -499,4 +510,4 @@ def from_url(url: str) -> RedisBroker:
     return RedisBroker(url, RedisOptions(**options))  # type: ignore[arg-type]
 
 
-__all__ = ["RedisBroker", "RedisOptions", "from_url", "new_epoch", "parse_live_payload"]
+__all__ = ["RedisBroker", "RedisOptions", "from_url", "new_epoch", "parse_live_payload", "unpack_entries"]
