@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import nats
 import pytest
@@ -99,11 +99,12 @@ class Proxy:
             await self._server.wait_closed()
 
 
-async def _wait_until(predicate: object, timeout: float = 15.0) -> None:
-    assert callable(predicate)
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
+async def _wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"condition not met within {timeout}s")
 
 
 async def test_native_publisher_following_the_docs_is_live_and_resumable(server: Server, name: str) -> None:
