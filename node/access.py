@@ -4,17 +4,41 @@ The transports ask an :class:`AccessPolicy` and act on its answer; they hold
 no rules of their own.  A refusal carries everything each transport needs to
 say no in its own terms: an HTTP status for a refused handshake or request,
 a close code, and an error code for an error frame.
+
+The model (docs/security.md is the user-facing version):
+
+- *Connecting*: the Origin allow-list first (:meth:`AccessPolicy.authenticate`,
+  run by ``Node.admit``), then a credential (:meth:`AccessPolicy.identify`):
+  a JWT (header, cookie, ``token`` query parameter or the first WebSocket
+  frame) or a single-use ticket.  With no JWT key configured, connections
+  without a credential are anonymous.
+- *Subscribing and publishing*, in this order: the ``fanline.`` prefix is
+  reserved; a ``#`` user boundary admits only that user; then the channel's
+  namespace rule decides: ``nobody``, ``anyone``, ``users`` (any
+  authenticated user) or ``granted`` (a matching token grant, or the user's
+  own ``#`` channel).
+- *Server API*: an API key when ``api_keys`` is set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
-from collections.abc import MutableMapping
+import time
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
+from urllib.parse import urlsplit
 
-from .protocol import CloseCode, ErrorCode
-from .settings import Settings
+from broker_adapters.base import Broker
+
+from . import protocol
+from .auth import Claims, Credential, TokenError, TokenVerifier, bearer, claims_from, find_credential, grant_matches
+from .protocol import CloseCode, ErrorCode, ProtocolError
+from .settings import Settings, SettingsError
+from .tickets import RESERVED_CHANNEL_PREFIX, TicketBook, TicketUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,29 +55,380 @@ class Refusal:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who is on the other end of a connection.  ``user`` is None when anonymous."""
+    """Who is on the other end of a connection.  ``user`` is None when anonymous.
+
+    ``expires`` is the Unix time the credential ends (None: never);
+    ``channels`` and ``publish`` are the token's grant patterns.
+    """
 
     user: str | None = None
+    expires: float | None = None
+    channels: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, claims: Claims) -> Identity:
+        return cls(claims.user, claims.expires, claims.channels, claims.publish)
 
 
 ANONYMOUS = Identity()
 
 
+# -- channel rules ---------------------------------------------------------------------------
+
+ANYONE, USERS, GRANTED, NOBODY = "anyone", "users", "granted", "nobody"
+MODES = (ANYONE, USERS, GRANTED, NOBODY)
+DEFAULT_NAMESPACE = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    subscribe: str
+    publish: str
+
+
+class ChannelRules:
+    """One rule per namespace (the part of a channel name before its first ``:``).
+
+    Written as ``ns=subscribe:MODE,publish:MODE;ns2=…`` (``channel_rules``) or
+    as JSON ``{"ns": {"subscribe": MODE, "publish": MODE}}``
+    (``channel_rules_file``).  ``*`` names the rule for every other namespace;
+    what a rule leaves out comes from the built-in default.
+    """
+
+    def __init__(self, rules: Mapping[str, Rule], default: Rule) -> None:
+        self._rules = dict(rules)
+        self.default = self._rules.pop(DEFAULT_NAMESPACE, default)
+
+    def rule_for(self, channel: str) -> Rule:
+        namespace, colon, _ = channel.partition(":")
+        return self._rules.get(namespace, self.default) if colon else self.default
+
+    @staticmethod
+    def parse_text(text: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        for entry in filter(None, (part.strip() for part in text.split(";"))):
+            namespace, sep, body = entry.partition("=")
+            if not sep or not namespace.strip():
+                raise SettingsError(f"channel_rules: {entry!r} is not NAMESPACE=subscribe:MODE,publish:MODE")
+            actions: dict[str, str] = {}
+            for item in filter(None, (p.strip() for p in body.split(","))):
+                action, sep, mode = item.partition(":")
+                if not sep:
+                    raise SettingsError(f"channel_rules: {item!r} is not ACTION:MODE")
+                actions[action.strip()] = mode.strip()
+            out[namespace.strip()] = actions
+        return out
+
+    @classmethod
+    def build(cls, specs: Mapping[str, Mapping[str, str]], default: Rule) -> ChannelRules:
+        wildcard = specs.get(DEFAULT_NAMESPACE, {})
+        base = Rule(wildcard.get("subscribe", default.subscribe), wildcard.get("publish", default.publish))
+        rules: dict[str, Rule] = {}
+        for namespace, actions in specs.items():
+            if not isinstance(actions, Mapping):
+                raise SettingsError(f"channel rules: namespace {namespace!r} needs an object of actions")
+            unknown = set(actions) - {"subscribe", "publish"}
+            if unknown:
+                raise SettingsError(f"channel rules: unknown action(s) {sorted(unknown)} for {namespace!r}")
+            rule = Rule(actions.get("subscribe", base.subscribe), actions.get("publish", base.publish))
+            for mode in (rule.subscribe, rule.publish):
+                if mode not in MODES:
+                    raise SettingsError(f"channel rules: mode {mode!r} for {namespace!r} is not one of {MODES}")
+            rules[namespace] = rule
+        return cls(rules, base)
+
+
+def _load_rules(settings: Settings, default: Rule) -> ChannelRules:
+    specs: dict[str, dict[str, str]] = {}
+    if settings.channel_rules_file:
+        with open(settings.channel_rules_file, encoding="utf-8") as handle:
+            loaded = json.load(handle)
+        if not isinstance(loaded, dict):
+            raise SettingsError("channel_rules_file must hold a JSON object")
+        specs.update(loaded)
+    # The compact setting is applied last, so a flag can override the file.
+    specs.update(ChannelRules.parse_text(settings.channel_rules))
+    return ChannelRules.build(specs, default)
+
+
+# -- origins -------------------------------------------------------------------------------------
+
+
+class OriginPolicy:
+    """Which browser origins may open a WebSocket or an SSE stream.
+
+    Empty (the default): same-origin only, i.e. the Origin's host:port must be
+    the request's Host.  ``*``: any origin.  Otherwise a comma-separated list of
+    exact origins (``https://app.example.com``).  A request without an Origin
+    header is not from a browser page and is let through: the allow-list
+    protects browsers' ambient credentials (cookies), which such clients lack.
+    """
+
+    def __init__(self, allowed: str) -> None:
+        entries = [o.strip().rstrip("/").lower() for o in allowed.split(",") if o.strip()]
+        self.any = "*" in entries
+        self.allowed = frozenset(entries)
+
+    def permits(self, origin: str | None, host: str | None) -> bool:
+        if origin is None or self.any:
+            return True
+        origin = origin.strip().lower()
+        if self.allowed:
+            return origin in self.allowed
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:
+            return False
+        return bool(netloc) and host is not None and netloc == host.strip().lower()
+
+
+def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+# -- the policy -------------------------------------------------------------------------------------
+
+
 class AccessPolicy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.ticket_ttl <= 0 or settings.auth_timeout <= 0:
+            raise SettingsError("ticket_ttl and auth_timeout must be greater than 0")
+        self.tokens = TokenVerifier(
+            secret=settings.jwt_secret,
+            public_key_file=settings.jwt_public_key_file,
+            jwks_url=settings.jwks_url,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+        ticket_secret = settings.ticket_secret or settings.jwt_secret
+        self.tickets = TicketBook(ticket_secret, settings.ticket_ttl, settings.node_name) if ticket_secret else None
+        required = self.tokens.enabled
+        publish_default = (GRANTED if required else ANYONE) if settings.client_publish else NOBODY
+        self.rules = _load_rules(settings, Rule(GRANTED if required else ANYONE, publish_default))
+        self.origins = OriginPolicy(settings.allowed_origins)
+        # Compared as digests: equal length, so compare_digest leaks nothing, not even length.
+        self._api_keys = [_digest(k.strip()) for k in settings.api_keys.split(",") if k.strip()]
+
+    @property
+    def required(self) -> bool:
+        """Must every connection present a credential?"""
+        return self.tokens.enabled
+
+    # -- connecting -----------------------------------------------------------------------------
 
     def authenticate(self, scope: MutableMapping[str, Any]) -> Identity | Refusal:
+        """The synchronous gate ``Node.admit`` runs: the Origin allow-list.
+
+        Credentials may need the network (JWKS, the ticket's claim channel),
+        so the transports verify them next, with :meth:`identify`.
+        """
+        if not self.origins.permits(_header(scope, b"origin"), _header(scope, b"host")):
+            return Refusal(403, ErrorCode.ORIGIN_FORBIDDEN, "this origin may not connect", CloseCode.FORBIDDEN)
         return ANONYMOUS
 
-    def check_subscribe(self, identity: Identity, channel: str) -> Refusal | None:
+    @overload
+    async def identify(
+        self, scope: Mapping[str, Any], broker: Broker, *, deferred: Literal[False] = False
+    ) -> Identity | Refusal: ...
+
+    @overload
+    async def identify(
+        self, scope: Mapping[str, Any], broker: Broker, *, deferred: Literal[True]
+    ) -> Identity | Refusal | None: ...
+
+    async def identify(
+        self, scope: Mapping[str, Any], broker: Broker, *, deferred: bool = False
+    ) -> Identity | Refusal | None:
+        """The identity a handshake's credential proves.
+
+        None means "no credential yet": allowed only with ``deferred`` (a
+        WebSocket that will authenticate with its first frame).
+        """
+        credential = find_credential(scope)
+        if credential is None:
+            if not self.required:
+                return ANONYMOUS
+            if deferred:
+                return None
+            return Refusal(401, ErrorCode.UNAUTHORIZED, "a token or ticket is required", CloseCode.UNAUTHORIZED)
+        if credential.kind == "token" and not self.required:
+            # Anonymous nodes keep today's behaviour: a token they cannot verify is ignored.
+            return ANONYMOUS
+        return await self.verify(credential, broker)
+
+    async def verify(self, credential: Credential, broker: Broker) -> Identity | Refusal:
+        try:
+            if credential.kind == "ticket":
+                if self.tickets is None:
+                    return Refusal(401, ErrorCode.INVALID_TICKET, "tickets are not enabled", CloseCode.UNAUTHORIZED)
+                return Identity.of(await self.tickets.redeem(broker, credential.value))
+            if not self.required:
+                return Refusal(401, ErrorCode.INVALID_TOKEN, "this node has no JWT key", CloseCode.UNAUTHORIZED)
+            return Identity.of(await self.tokens.verify(credential.value))
+        except TokenError as exc:
+            return self._token_refusal(credential.kind, exc)
+        except TicketUnavailable as exc:
+            return Refusal(
+                503, ErrorCode.BROKER_UNAVAILABLE, f"cannot redeem tickets now: {exc}", CloseCode.TRY_AGAIN_LATER, 2
+            )
+
+    @staticmethod
+    def _token_refusal(kind: str, exc: TokenError) -> Refusal:
+        if exc.expired:
+            return Refusal(401, ErrorCode.TOKEN_EXPIRED, str(exc), CloseCode.TOKEN_EXPIRED)
+        code = ErrorCode.INVALID_TICKET if kind == "ticket" else ErrorCode.INVALID_TOKEN
+        return Refusal(401, code, str(exc), CloseCode.UNAUTHORIZED)
+
+    async def first_frame(self, receive: Any, broker: Broker) -> Identity | Refusal:
+        """Authenticate a WebSocket by its first frame, ``{"type":"auth","token":…}``."""
+        timeout = self.settings.auth_timeout
+        no = Refusal(401, ErrorCode.UNAUTHORIZED, "the first frame must be auth", CloseCode.UNAUTHORIZED)
+        try:
+            async with asyncio.timeout(timeout):
+                message = await receive()
+        except TimeoutError:
+            return Refusal(401, ErrorCode.UNAUTHORIZED, f"no auth frame within {timeout:g}s", CloseCode.UNAUTHORIZED)
+        if message["type"] != "websocket.receive":
+            return Refusal(400, "disconnected", "client went away", CloseCode.NORMAL)
+        text = message.get("text")
+        if text is None:
+            text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
+        try:
+            parsed = protocol.parse_client_message(text, max_channel_length=self.settings.max_channel_length)
+        except ProtocolError:
+            return no
+        if not isinstance(parsed, protocol.Auth):
+            return no
+        return await self.verify(_frame_credential(parsed), broker)
+
+    async def refresh(self, identity: Identity, message: protocol.Auth, broker: Broker) -> Identity | Refusal:
+        """A later auth/refresh frame: extend the connection, same user only."""
+        renewed = await self.verify(_frame_credential(message), broker)
+        if isinstance(renewed, Identity) and identity.user is not None and renewed.user != identity.user:
+            return Refusal(403, ErrorCode.INVALID_TOKEN, "a refreshed token must name the same user", CloseCode.FORBIDDEN)
+        return renewed
+
+    @staticmethod
+    def deadline(identity: Identity | None) -> float | None:
+        """When (event loop time) the connection's credential runs out, for ``asyncio.timeout_at``."""
+        if identity is None or identity.expires is None:
+            return None
+        return asyncio.get_running_loop().time() + (identity.expires - time.time())
+
+    @staticmethod
+    def expired(identity: Identity | None, now: float) -> bool:
+        """Has the credential run out at Unix time ``now``?  For a node-level sweep."""
+        return identity is not None and identity.expires is not None and identity.expires <= now
+
+    def cors_headers(self, scope: Mapping[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
+        """CORS headers for an SSE response to a cross-origin EventSource that
+        :meth:`authenticate` already let through (so the Origin is allowed)."""
+        origin = _header(scope, b"origin")
+        if origin is None:
+            return ()
+        return (
+            (b"access-control-allow-origin", origin.encode("latin-1")),
+            (b"access-control-allow-credentials", b"true"),
+            (b"vary", b"origin"),
+        )
+
+    # -- channels ---------------------------------------------------------------------------------
+
+    def _decide(self, mode: str, identity: Identity, patterns: tuple[str, ...], channel: str) -> bool:
+        if mode == ANYONE:
+            return True
+        if mode == USERS:
+            return identity.user is not None
+        if mode == GRANTED:
+            # The user's own '#' channel counts as granted; the boundary itself is checked before.
+            return "#" in channel or grant_matches(patterns, channel)
+        return False
+
+    def _check(self, identity: Identity, channel: str, verb: str, code: str) -> Refusal | None:
+        if channel.startswith(RESERVED_CHANNEL_PREFIX):
+            return Refusal(403, code, f"channels starting with {RESERVED_CHANNEL_PREFIX!r} are reserved")
+        if "#" in channel and channel.partition("#")[2] != identity.user:
+            return Refusal(403, code, f"only the user named after '#' may {verb} {channel}")
+        rule = self.rules.rule_for(channel)
+        mode = rule.subscribe if verb == "subscribe to" else rule.publish
+        patterns = identity.channels if verb == "subscribe to" else identity.publish
+        if not self._decide(mode, identity, patterns, channel):
+            return Refusal(403, code, f"not allowed to {verb} {channel}")
         return None
+
+    def check_subscribe(self, identity: Identity, channel: str) -> Refusal | None:
+        return self._check(identity, channel, "subscribe to", ErrorCode.SUBSCRIBE_FORBIDDEN)
 
     def check_client_publish(self, identity: Identity, channel: str) -> Refusal | None:
-        if not self.settings.client_publish:
-            return Refusal(403, ErrorCode.PUBLISH_FORBIDDEN, "clients may not publish on this node")
-        return None
+        return self._check(identity, channel, "publish to", ErrorCode.PUBLISH_FORBIDDEN)
 
-    def check_api(self, request: object) -> Refusal | None:
+    # -- server API --------------------------------------------------------------------------------
+
+    def _api_key_of(self, headers: Mapping[str, str]) -> str | None:
+        authorization = headers.get("authorization", "")
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "apikey" and value.strip():
+            return value.strip()
+        return headers.get("x-api-key") or None
+
+    def _key_refusal(self, headers: Mapping[str, str]) -> Refusal | None:
+        key = self._api_key_of(headers)
+        if key is None:
+            return Refusal(401, ErrorCode.UNAUTHORIZED, "an API key is required (Authorization: apikey KEY)")
+        digest = _digest(key)
+        # Compare against every key, so timing does not reveal which one matched.
+        matched = False
+        for known in self._api_keys:
+            matched |= hmac.compare_digest(digest, known)
+        return None if matched else Refusal(401, ErrorCode.INVALID_API_KEY, "the API key is not valid")
+
+    def check_api(self, request: Any) -> Refusal | None:
         """May this HTTP request use the server API (publish)?"""
-        return None
+        if not self._api_keys:
+            return None
+        headers: Mapping[str, str] = request.headers
+        return self._key_refusal(headers)
+
+    async def issue_ticket(self, headers: Mapping[str, str], body: Any) -> dict[str, Any] | Refusal:
+        """``POST /api/tickets``: for the bearer of a JWT, or for a server with an API key."""
+        if self.tickets is None:
+            return Refusal(404, ErrorCode.TICKETS_DISABLED, "set ticket_secret or jwt_secret to enable tickets")
+        token = bearer(headers.get("authorization"))
+        try:
+            if token is not None:
+                if not self.required:
+                    return Refusal(401, ErrorCode.INVALID_TOKEN, "this node has no JWT key")
+                claims = await self.tokens.verify(token)
+            else:
+                if not self._api_keys:
+                    return Refusal(
+                        401, ErrorCode.UNAUTHORIZED, "send a Bearer token; server-side issuance needs api_keys"
+                    )
+                refusal = self._key_refusal(headers)
+                if refusal is not None:
+                    return refusal
+                if not isinstance(body, dict):
+                    return Refusal(400, ErrorCode.INVALID_MESSAGE, 'send {"sub": USER, "channels": [...]}')
+                claims = claims_from(body)
+        except TokenError as exc:
+            refusal = self._token_refusal("token", exc)
+            if token is None:  # a bad request body, not a bad token
+                return Refusal(400, ErrorCode.INVALID_MESSAGE, str(exc))
+            return refusal
+        ticket = self.tickets.issue(claims)
+        return {"ticket": ticket.value, "expires_in": ticket.expires_in}
+
+
+def _frame_credential(message: protocol.Auth) -> Credential:
+    if message.ticket is not None:
+        return Credential("ticket", message.ticket, "frame")
+    return Credential("token", message.token or "", "frame")

@@ -25,7 +25,9 @@ from broker_adapters.types import (
     validate_event_type,
 )
 
+from .access import Refusal
 from .protocol import ErrorCode
+from .tickets import RESERVED_CHANNEL_PREFIX
 
 if TYPE_CHECKING:
     from .runtime import Node
@@ -46,7 +48,7 @@ class APIError(Exception):
         return JSONResponse({"error": self.code, "message": self.message}, self.status, headers=self.headers)
 
 
-async def _read_json(node: Node, request: Request) -> Any:
+async def _read_json(node: Node, request: Request, optional: bool = False) -> Any:
     limit = node.settings.max_message_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -56,10 +58,15 @@ async def _read_json(node: Node, request: Request) -> Any:
         body += chunk
         if len(body) > limit:
             raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
+    if optional and not body.strip():
+        return None
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise APIError(400, ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
+    except RecursionError:
+        # Deep nesting exhausts the decoder's recursion, which is not a ValueError.
+        raise APIError(400, ErrorCode.INVALID_JSON, "body is nested too deeply") from None
 
 
 def _parse_publication(node: Node, item: Any) -> tuple[str, str, str | None]:
@@ -77,6 +84,8 @@ def _parse_publication(node: Node, item: Any) -> tuple[str, str, str | None]:
         raise APIError(400, ErrorCode.INVALID_EVENT_TYPE, str(exc)) from None
     except InvalidData as exc:
         raise APIError(400, ErrorCode.INVALID_DATA, str(exc)) from None
+    if channel.startswith(RESERVED_CHANNEL_PREFIX):
+        raise APIError(403, ErrorCode.PUBLISH_FORBIDDEN, f"channels starting with {RESERVED_CHANNEL_PREFIX!r} are reserved")
     return channel, data, event
 
 
@@ -95,11 +104,11 @@ def _node(request: Request) -> Node:
     return node
 
 
-def _guarded(handler: Any) -> Any:
+def _guarded(handler: Any, check_api: bool = True) -> Any:
     async def endpoint(request: Request) -> Response:
         node = _node(request)
         try:
-            refusal = node.access.check_api(request)
+            refusal = node.access.check_api(request) if check_api else None
             if refusal is not None:
                 raise APIError(refusal.status, refusal.code, refusal.message)
             response: Response = await handler(node, request)
@@ -140,6 +149,14 @@ async def publish_batch(node: Node, request: Request) -> Response:
     return JSONResponse({"results": results})
 
 
+async def issue_ticket(node: Node, request: Request) -> Response:
+    # Authenticates itself: a Bearer JWT, or an API key for server-side issuance.
+    issued = await node.access.issue_ticket(request.headers, await _read_json(node, request, optional=True))
+    if isinstance(issued, Refusal):
+        raise APIError(issued.status, issued.code, issued.message)
+    return JSONResponse(issued, headers={"cache-control": "no-store"})
+
+
 async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok")
 
@@ -161,6 +178,7 @@ def client_routes(node: Node) -> list[Route]:
     routes = [
         Route("/api/publish", _guarded(publish), methods=["POST"]),
         Route("/api/publish/batch", _guarded(publish_batch), methods=["POST"]),
+        Route("/api/tickets", _guarded(issue_ticket, check_api=False), methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
     ]

@@ -48,6 +48,14 @@ class ErrorCode:
     RATE_LIMITED = "rate_limited"
     BROKER_UNAVAILABLE = "broker_unavailable"
     INTERNAL = "internal"
+    # -- security: see docs/security.md
+    UNAUTHORIZED = "unauthorized"  # no credential where one is required
+    INVALID_TOKEN = "invalid_token"
+    TOKEN_EXPIRED = "token_expired"
+    INVALID_TICKET = "invalid_ticket"  # forged, expired or already used
+    INVALID_API_KEY = "invalid_api_key"
+    ORIGIN_FORBIDDEN = "origin_forbidden"
+    TICKETS_DISABLED = "tickets_disabled"
 
 
 class CloseCode:
@@ -107,7 +115,17 @@ class Ping:
     rid: Any = None
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | Ping
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """``auth`` (the first frame, when the handshake had no credential) or ``refresh``
+    (later, to extend the connection).  Exactly one of token and ticket is set."""
+
+    token: str | None = None
+    ticket: str | None = None
+    rid: Any = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | Ping | Auth
 
 
 def _rid(message: dict[str, Any]) -> Any:
@@ -126,6 +144,9 @@ def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientM
         message = json.loads(text)
     except ValueError as exc:
         raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        # Deep nesting exhausts the decoder's recursion, which is not a ValueError.
+        raise ProtocolError(ErrorCode.INVALID_JSON, "frame is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
     rid = _rid(message)
@@ -133,6 +154,12 @@ def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientM
     try:
         if kind == "ping":
             return Ping(rid=rid)
+        if kind in ("auth", "refresh"):
+            token, ticket = message.get("token"), message.get("ticket")
+            given = [v for v in (token, ticket) if v is not None]
+            if len(given) != 1 or not isinstance(given[0], str) or not given[0]:
+                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{kind} needs a token or a ticket string", rid)
+            return Auth(token=token, ticket=ticket, rid=rid)
         if kind in ("subscribe", "unsubscribe", "publish"):
             channel = validate_channel(message.get("channel"), max_channel_length)
             if kind == "unsubscribe":
@@ -217,6 +244,10 @@ def reset_frame(channel: str, position: Position, reason: str) -> str:
 
 def error_frame(code: str, message: str, rid: Any = None) -> str:
     return _frame(type="error", code=code, message=message, rid=rid)
+
+
+def refreshed_frame(user: str | None, expires: float | None, rid: Any) -> str:
+    return _frame(type="refreshed", user=user, exp=expires, rid=rid)
 
 
 def pong_frame(rid: Any) -> str:

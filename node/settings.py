@@ -107,6 +107,32 @@ class Settings:
         False, "Let WebSocket clients publish. The HTTP API is separate."
     )
 
+    # -- security (docs/security.md) --------------------------------------------
+    jwt_secret: str = _setting(
+        "", "HS256 secret for connection tokens. Setting any JWT key makes a token required.", secret=True
+    )
+    jwt_public_key_file: str = _setting("", "PEM public key (RSA or P-256 EC) for RS256/ES256 connection tokens.")
+    jwks_url: str = _setting("", "JWKS URL for RS256/ES256 tokens, keys picked by kid; fetched with a 5 s timeout, cached 5 min.")
+    jwt_audience: str = _setting("", "Required aud claim of connection tokens; empty: tokens must carry no aud.")
+    jwt_issuer: str = _setting("", "Required iss claim of connection tokens; empty: not checked.")
+    api_keys: str = _setting(
+        "", "Comma-separated API keys for /api/publish and server-side /api/tickets; empty: no key needed.", secret=True
+    )
+    allowed_origins: str = _setting(
+        "", "Comma-separated browser origins allowed to connect; empty: same-origin only; *: any origin."
+    )
+    channel_rules: str = _setting(
+        "",
+        "Per-namespace rules, e.g. 'public=subscribe:anyone,publish:nobody;*=subscribe:granted'. "
+        "Modes: anyone, users, granted, nobody.",
+    )
+    channel_rules_file: str = _setting("", "JSON file of per-namespace rules; channel_rules overrides it.")
+    ticket_secret: str = _setting(
+        "", "Secret signing connection tickets, shared by all nodes; empty: derived from jwt_secret.", secret=True
+    )
+    ticket_ttl: float = _setting(30.0, "Seconds a connection ticket stays valid (it is single-use).")
+    auth_timeout: float = _setting(5.0, "Seconds a WebSocket may take to send its auth frame when it needs one.")
+
     def __post_init__(self) -> None:
         positive = (
             "replay_limit",

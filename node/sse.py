@@ -21,7 +21,7 @@ from broker_adapters.types import InvalidChannel, InvalidEventId, Position, vali
 from .access import Identity, Refusal
 from .connection import Connection, Message, Receive, Send
 from .hub import Delivery, Subscription
-from .protocol import ErrorCode
+from .protocol import CloseCode, ErrorCode
 
 if TYPE_CHECKING:
     from .runtime import Node
@@ -130,16 +130,22 @@ async def sse_endpoint(node: Node, scope: Message, receive: Receive, send: Send)
     if isinstance(admission, Refusal):
         await _reply_error(send, admission)
         return
+    identity = await node.access.identify(scope, node.broker)
+    if isinstance(identity, Refusal):
+        node.metrics.client_errors.labels(identity.code).inc()
+        await _reply_error(send, identity)
+        return
     for channel in channels:
-        refusal = node.access.check_subscribe(admission, channel)
+        refusal = node.access.check_subscribe(identity, channel)
         if refusal is not None:
             await _reply_error(send, refusal)
             return
     stream = SSEStream(node, send, channels)
     node.register(stream)
-    watcher = asyncio.create_task(_watch_disconnect(stream, receive), name="sse-disconnect")
+    deadline = node.access.deadline(identity)
+    watcher = asyncio.create_task(_watch_disconnect(stream, receive, deadline), name="sse-disconnect")
     try:
-        await _serve(node, stream, admission, positions)
+        await _serve(node, stream, identity, positions, cors=node.access.cors_headers(scope))
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
@@ -147,7 +153,13 @@ async def sse_endpoint(node: Node, scope: Message, receive: Receive, send: Send)
         node.unregister(stream)
 
 
-async def _serve(node: Node, stream: SSEStream, identity: Identity, positions: list[Position] | None) -> None:
+async def _serve(
+    node: Node,
+    stream: SSEStream,
+    identity: Identity,
+    positions: list[Position] | None,
+    cors: tuple[tuple[bytes, bytes], ...] = (),
+) -> None:
     outcomes = []
     try:
         for index, channel in enumerate(stream.channels):
@@ -170,6 +182,7 @@ async def _serve(node: Node, stream: SSEStream, identity: Identity, positions: l
                 (b"cache-control", b"no-cache, no-transform"),
                 # Tell nginx-style proxies not to buffer the stream.
                 (b"x-accel-buffering", b"no"),
+                *cors,
             ],
         }
     )
@@ -197,9 +210,14 @@ async def _serve(node: Node, stream: SSEStream, identity: Identity, positions: l
     await stream.write_forever()
 
 
-async def _watch_disconnect(stream: SSEStream, receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            stream.close(1006, "client disconnected")
-            return
+async def _watch_disconnect(stream: SSEStream, receive: Receive, deadline: float | None = None) -> None:
+    try:
+        # The token's expiry is a timer on the loop; an SSE stream cannot refresh, so it ends.
+        async with asyncio.timeout_at(deadline):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    stream.close(1006, "client disconnected")
+                    return
+    except TimeoutError:
+        stream.close(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED)

@@ -105,6 +105,17 @@ class WebSocketSession(Connection[str]):
             self.queue(protocol.unsubscribed_frame(message.channel, message.rid))
         elif isinstance(message, protocol.Publish):
             await self.publish(message)
+        elif isinstance(message, protocol.Auth):
+            await self.refresh(message)
+
+    async def refresh(self, message: protocol.Auth) -> None:
+        """A fresh credential extends the connection; existing subscriptions stay."""
+        renewed = await self.node.access.refresh(self.identity, message, self.node.broker)
+        if isinstance(renewed, Refusal):
+            self.error(renewed.code, renewed.message, message.rid)
+            return
+        self.identity = renewed
+        self.queue(protocol.refreshed_frame(renewed.user, renewed.expires, message.rid))
 
     async def subscribe(self, message: protocol.Subscribe) -> None:
         node = self.node
@@ -169,15 +180,35 @@ async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send:
     if isinstance(admission, Refusal):
         await _refuse(scope, send, admission)
         return
+    identity = await node.access.identify(scope, node.broker, deferred=True)
     await send({"type": "websocket.accept"})
-    session = WebSocketSession(node, send, admission)
+    if isinstance(identity, Refusal):
+        # Accepted first so a browser can read the close code (it never sees a refused handshake's status).
+        node.metrics.client_errors.labels(identity.code).inc()
+        await send({"type": "websocket.close", "code": identity.close_code, "reason": identity.code})
+        return
+    session = WebSocketSession(node, send, identity)
     node.register(session)
     writer = asyncio.create_task(session.write_forever(), name="ws-writer")
-    session.queue(protocol.connected_frame(node.name, node.settings.heartbeat_interval))
     max_bytes = node.settings.max_message_bytes
     try:
+        if identity is None:
+            first = await node.access.first_frame(receive, node.broker)
+            if isinstance(first, Refusal):
+                node.metrics.client_errors.labels(first.code).inc()
+                session.close(first.close_code, first.code)
+            else:
+                session.identity = first
+        if session.closing is None:
+            session.queue(protocol.connected_frame(node.name, node.settings.heartbeat_interval))
         while session.closing is None:
-            message = await receive()
+            try:
+                # The token's expiry is a timer on the loop, not a task per connection.
+                async with asyncio.timeout_at(node.access.deadline(session.identity)):
+                    message = await receive()
+            except TimeoutError:
+                session.close(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED)
+                break
             kind = message["type"]
             if kind == "websocket.disconnect":
                 break

@@ -1,0 +1,295 @@
+"""Connection credentials: where a client's token is found, and JWT verification.
+
+A token is a JWT signed with HS256 (``jwt_secret``), RS256 or ES256 (a PEM
+public key in ``jwt_public_key_file``, or a key from the JWKS at ``jwks_url``
+chosen by the token's ``kid``).  The algorithm is never taken on trust from
+the token: each key only verifies the algorithm its own type implies, so an
+RSA public key can never be used as an HMAC secret.
+
+PyJWT does the cryptography; this module only decides which key applies and
+turns claims into an :class:`~node.access.Identity`.  See docs/security.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+log = logging.getLogger("fanline.auth")
+
+COOKIE_NAME = "fanline_token"
+# A JWT larger than this is not a token we issued; refuse before parsing it.
+MAX_TOKEN_LENGTH = 8192
+# Grant lists are copied into every ticket and kept per connection.
+MAX_GRANTS = 256
+MAX_GRANT_LENGTH = 256
+MAX_JWKS_BYTES = 1 << 20
+
+ASYMMETRIC = ("RS256", "ES256")
+
+
+class TokenError(Exception):
+    """A credential that cannot be accepted.  ``expired`` tells the client to fetch a new one."""
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What Fanline uses from a verified token or ticket."""
+
+    user: str
+    expires: float | None
+    channels: tuple[str, ...]
+    publish: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A credential found in a handshake.  ``kind`` is "token" or "ticket"."""
+
+    kind: str
+    value: str
+    source: str  # header, cookie, query or frame: for docs and metrics, never logged with the value
+
+
+# -- where credentials are found --------------------------------------------------------
+
+
+def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def _cookie(header: str | None) -> str | None:
+    # Parsed by hand: http.cookies rejects (or half-parses) hostile headers,
+    # and only one cookie matters here.
+    if not header:
+        return None
+    for part in header.split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name == COOKIE_NAME:
+            return value.strip().strip('"') or None
+    return None
+
+
+def find_credential(scope: Mapping[str, Any]) -> Credential | None:
+    """The credential a handshake carries, in order of preference.
+
+    The header and the query are explicit; the cookie is ambient (the browser
+    sends it to any page's request), so it comes last and is only safe together
+    with the Origin allow-list.
+    """
+    headers = scope.get("headers", [])
+    token = bearer(_header(headers, b"authorization"))
+    if token:
+        return Credential("token", token, "header")
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    for key, kind in (("ticket", "ticket"), ("token", "token")):
+        value = next((v for k, v in query if k == key), None)
+        if value:
+            return Credential(kind, value, "query")
+    cookie = _cookie(_header(headers, b"cookie"))
+    if cookie:
+        return Credential("token", cookie, "cookie")
+    return None
+
+
+# -- claims -------------------------------------------------------------------------------
+
+
+def grants(value: object, name: str) -> tuple[str, ...]:
+    """Validate a grant list (``channels`` or ``publish``) from a token, ticket or request."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_GRANTS:
+        raise TokenError(f"{name} must be a list of at most {MAX_GRANTS} channel patterns")
+    for item in value:
+        if not isinstance(item, str) or not item or len(item) > MAX_GRANT_LENGTH:
+            raise TokenError(f"{name} must hold non-empty strings of at most {MAX_GRANT_LENGTH} characters")
+    return tuple(value)
+
+
+def grant_matches(patterns: tuple[str, ...], channel: str) -> bool:
+    """Exact names, or a prefix ending in ``*``.  Deliberately not fnmatch: ``?`` and ``[``
+    would be surprising in a security decision, and channel names cannot contain them."""
+    for pattern in patterns:
+        if pattern[-1] == "*":
+            if channel.startswith(pattern[:-1]):
+                return True
+        elif pattern == channel:
+            return True
+    return False
+
+
+def claims_from(payload: Mapping[str, Any], *, channels_key: str = "channels", publish_key: str = "publish") -> Claims:
+    sub = payload.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 255:
+        raise TokenError("sub must be a non-empty string of at most 255 characters")
+    exp = payload.get("exp")
+    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
+        raise TokenError("exp must be a number")
+    return Claims(
+        user=sub,
+        expires=float(exp) if exp is not None else None,
+        channels=grants(payload.get(channels_key), channels_key),
+        publish=grants(payload.get(publish_key), publish_key),
+    )
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+def load_public_key(path: str) -> tuple[Any, str]:
+    """A PEM public key and the one algorithm it verifies."""
+    with open(path, "rb") as handle:
+        key = serialization.load_pem_public_key(handle.read())
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return key, "ES256"
+    raise ValueError(f"{path}: only RSA and P-256 EC public keys are supported")
+
+
+class JWKSCache:
+    """Keys from a JWKS URL, by ``kid``; fetched on demand, cached, never hammered.
+
+    A fetch runs in a worker thread with a bounded timeout and is awaited by the
+    request that needed it, so there is no background task to own.  Unknown
+    kids trigger a refetch (keys rotate) at most once per ``min_refetch``
+    seconds, so a client cannot make the node fetch on every connect.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 5.0, ttl: float = 300.0, min_refetch: float = 10.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.ttl = ttl
+        self.min_refetch = min_refetch
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._fetched = -float("inf")  # monotonic time of the last attempt
+        self._loaded = -float("inf")  # monotonic time of the last success
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str | None) -> jwt.PyJWK | None:
+        now = time.monotonic()
+        stale = now - self._loaded > self.ttl
+        unknown = kid not in self._keys
+        if (stale or unknown) and now - self._fetched > self.min_refetch:
+            await self._refresh(self._fetched)
+        return self._keys.get(kid)
+
+    async def _refresh(self, seen: float) -> None:
+        async with self._lock:
+            if self._fetched != seen:
+                return  # someone else fetched while we waited
+            self._fetched = time.monotonic()
+            try:
+                async with asyncio.timeout(self.timeout + 1):
+                    raw = await asyncio.to_thread(self._fetch)
+                keyset = jwt.PyJWKSet.from_dict(json.loads(raw))
+            except (OSError, ValueError, TimeoutError, jwt.PyJWKSetError) as exc:
+                # Keep serving with the keys we have; the URL is config, not a secret.
+                log.warning("JWKS fetch failed", extra={"url": self.url, "error": str(exc)[:200]})
+                return
+            keys: dict[str | None, jwt.PyJWK] = {k.key_id: k for k in keyset.keys if k.key_id}
+            if len(keyset.keys) == 1:
+                keys[None] = keyset.keys[0]  # a lone key also serves tokens without a kid
+            self._keys = keys
+            self._loaded = time.monotonic()
+
+    def _fetch(self) -> bytes:
+        request = urllib.request.Request(self.url, headers={"accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - operator-set URL
+            body: bytes = response.read(MAX_JWKS_BYTES + 1)
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError("JWKS document is larger than 1 MiB")
+        return body
+
+
+class TokenVerifier:
+    """Verifies connection tokens with whichever keys are configured."""
+
+    def __init__(
+        self,
+        *,
+        secret: str = "",
+        public_key_file: str = "",
+        jwks_url: str = "",
+        audience: str = "",
+        issuer: str = "",
+    ) -> None:
+        self.secret = secret.encode() if secret else None
+        self.public_key = load_public_key(public_key_file) if public_key_file else None
+        self.jwks = JWKSCache(jwks_url) if jwks_url else None
+        self.audience = audience or None
+        self.issuer = issuer or None
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret is not None or self.public_key is not None or self.jwks is not None
+
+    async def _key_for(self, header: Mapping[str, Any]) -> tuple[Any, str]:
+        alg = header.get("alg")
+        if alg == "HS256" and self.secret is not None:
+            return self.secret, alg
+        if alg in ASYMMETRIC:
+            kid = header.get("kid")
+            if kid is not None and not isinstance(kid, str):
+                raise TokenError("kid must be a string")
+            if self.jwks is not None and (kid is not None or self.public_key is None):
+                jwk = await self.jwks.key(kid)
+                if jwk is None:
+                    raise TokenError("no key with this kid in the JWKS")
+                if jwk.algorithm_name != alg:
+                    raise TokenError(f"the key with this kid does not verify {alg}")
+                return jwk.key, alg
+            if self.public_key is not None and self.public_key[1] == alg:
+                return self.public_key[0], alg
+        raise TokenError(f"tokens signed with {str(alg)[:16]!r} are not accepted here")
+
+    async def verify(self, token: str) -> Claims:
+        """The claims of a valid token; raises :class:`TokenError` otherwise."""
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise TokenError("token is too long")
+        try:
+            header = jwt.get_unverified_header(token)
+            key, alg = await self._key_for(header)
+            payload = jwt.decode(
+                token,
+                key,
+                algorithms=[alg],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenError("token has expired", expired=True) from None
+        except jwt.InvalidTokenError as exc:
+            # PyJWT's messages name the failed check, never the token or key.
+            raise TokenError(f"invalid token: {exc}") from None
+        except (ValueError, TypeError) as exc:  # malformed keys or claims deep inside PyJWT
+            raise TokenError(f"invalid token: {type(exc).__name__}") from None
+        return claims_from(payload)
