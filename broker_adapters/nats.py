@@ -16,11 +16,14 @@ Layout (docs/brokers/nats.md has the full contract for other languages):
   subscription per channel it serves, never a JetStream consumer per client;
   a live message whose ``Nats-Last-Sequence`` is not the last one delivered
   proves a gap.
-- Every publication carries ``Fanline-Prev``: the previous sequence of its
-  subject, made exact by publishing with
+- A publication normally carries ``Fanline-Prev``: the previous sequence of
+  its subject, made exact by publishing with
   ``Nats-Expected-Last-Subject-Sequence`` (the server rejects a stale value).
   History since S is complete when the first message after S has
-  ``Fanline-Prev <= S``: nothing of this channel was between them.
+  ``Fanline-Prev <= S``: nothing of this channel was between them.  A
+  message without it (a foreign publisher, or one that lost the race to
+  concurrent publishers several times) falls back to a rule that needs no
+  header: the range is complete if the message at S is still retained.
 - ``history_ttl`` is applied when reading (messages older than it count as
   expired), while the stream keeps messages physically for ``meta_ttl``, so
   the ``Fanline-Prev`` chain still proves what an expired range contained.
@@ -78,10 +81,11 @@ _WRONG_LAST = re.compile(r"wrong last sequence:\s*(\d+)")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
-# A publish retries when another publisher of the same channel got in first;
-# each failure tells us the new last sequence, so this only runs out under
-# sustained contention from many publishers on one channel.
-_PUBLISH_ATTEMPTS = 16
+# A publish retries when another publisher of the same channel got in first
+# (each failure tells us the new last sequence); the last attempt is
+# unconditional.  Few attempts: under contention the winner of one round has
+# the right sequence at once for its next publish, so losers rarely catch up.
+_PUBLISH_ATTEMPTS = 4
 # How many channels' last sequences a node remembers to publish without a
 # first failed attempt.
 _LAST_SEQ_CACHE = 65536
@@ -448,16 +452,20 @@ class NatsBroker(Broker):
         # One publish per channel at a time from this node: concurrent ones
         # would only defeat each other's expected-last-sequence.
         async with self._publish_locks.hold(channel):
-            for _ in range(_PUBLISH_ATTEMPTS):
+            for attempt in range(_PUBLISH_ATTEMPTS):
+                # The last attempt goes without Fanline-Prev, so a publisher
+                # that keeps losing the race to others still gets through;
+                # readers then fall back to the retained-message rule.
+                verified = attempt < _PUBLISH_ATTEMPTS - 1
                 prev = self._last_seq.get(channel, 0)
                 floor = self._max_seq
-                headers = {HEADER_PREV: str(prev), HEADER_EXPECTED_LAST: str(prev)}
+                headers = {HEADER_PREV: str(prev), HEADER_EXPECTED_LAST: str(prev)} if verified else {}
                 if event is not None:
                     headers[HEADER_EVENT] = event
                 try:
                     with _unavailable("publish"):
                         try:
-                            ack = await js.publish(subject, payload, headers=headers)
+                            ack = await js.publish(subject, payload, headers=headers or None)
                         except nats.js.errors.NoStreamResponseError:
                             # No stream listens on the subject: it was deleted.
                             await self._ensure_stream()
@@ -489,7 +497,7 @@ class NatsBroker(Broker):
                     event=event,
                     time_ms=int(time.time() * 1000),
                 )
-        raise BrokerUnavailable(f"NATS publish to {channel!r} kept losing to concurrent publishers")
+        raise BrokerUnavailable(f"NATS publish to {channel!r} failed: the stream keeps disappearing")
 
     @staticmethod
     def _wrong_last(exc: nats.js.errors.APIError) -> int | None:
@@ -579,9 +587,9 @@ class NatsBroker(Broker):
         raw_prev = (message.headers or {}).get(HEADER_PREV)
         prev = int(raw_prev) if raw_prev is not None and raw_prev.isdigit() else None
         if prev is None:
-            # A publisher that skipped the Fanline-Prev contract: if the
-            # message at ``since`` is still this channel's, nothing after it
-            # was removed (removal is oldest first).
+            # No verified previous sequence: if the message at ``since`` is
+            # still this channel's, nothing after it was removed (every limit
+            # removes oldest first).
             return since > 0 and await self._is_retained(subject, since)
         if prev == 0:
             # Nothing of this channel was retained when it was published:
