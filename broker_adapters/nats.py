@@ -293,6 +293,11 @@ class NatsBroker(Broker):
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:
             raise BrokerUnavailable("NATS broker is not started")
+        if not self._nc.is_connected:
+            # Fail now rather than let the client buffer the request until it
+            # times out: the caller learns at once, and a buffered publish
+            # would be sent later with an outcome nobody hears about.
+            raise BrokerUnavailable("NATS connection lost; reconnecting")
         return self._nc, self._js
 
     # -- connection events -------------------------------------------------------------
