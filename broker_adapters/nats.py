@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import random
@@ -170,6 +171,16 @@ def _event(headers: dict[str, str]) -> str | None:
         return validate_event_type(headers.get(HEADER_EVENT))
     except InvalidEventType:
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Stored:
+    """One message as read from the stream."""
+
+    seq: int
+    data: bytes
+    headers: dict[str, str]
+    time_ms: int
 
 
 @dataclass(slots=True)
@@ -360,6 +371,8 @@ class NatsBroker(Broker):
             storage=StorageType.FILE if options.storage == "file" else StorageType.MEMORY,
             num_replicas=options.replicas,
             republish=RePublish(src=self._prefix + ">", dest=self._live_prefix + ">"),
+            # Batched history reads (DIRECT.GET with "batch").
+            allow_direct=True,
         )
 
     @staticmethod
@@ -377,6 +390,8 @@ class NatsBroker(Broker):
         assert want.republish is not None
         if republish is None or (republish.src, republish.dest) != (want.republish.src, want.republish.dest):
             differences.append("republish")
+        if bool(have.allow_direct) != bool(want.allow_direct):
+            differences.append("allow_direct")
         if have.discard != want.discard:
             differences.append("discard")
         return differences
@@ -543,9 +558,8 @@ class NatsBroker(Broker):
             raise
 
     async def _history(self, channel: str, since: int | None, limit: int) -> History:
-        # Reads go to the stream leader (STREAM.MSG.GET), not direct gets,
-        # which replicas may answer from behind and hide a fresh publication.
         subject = self._subject(channel)
+        # The top comes from the stream leader, so it is never behind.
         last = await self._last(subject)
         top_seq = (last.seq or 0) if last is not None else 0
         top = Position(self._epoch(channel), top_seq)
@@ -553,43 +567,85 @@ class NatsBroker(Broker):
             return History(top=top, publications=(), complete=since is None or since == top_seq)
         if self.options.history_size == 0:
             return History(top=top, publications=(), complete=False)
+        # One read more than the limit: expired messages count against it.
+        messages = await self._read(subject, since, top_seq, max(limit, 0) + 1)
+        if not messages:
+            # Everything after ``since`` is gone although the top is above it.
+            return History(top=top, publications=(), complete=False)
+        complete = await self._follows(subject, messages[0], since)
         horizon_ms = int((time.time() - self.options.history_ttl) * 1000)
         publications: list[Publication] = []
-        complete = True
-        cursor = since
-        # limit + 1 reads at most: expired messages count against the budget.
-        for index in range(max(limit, 0) + 1):
-            message = await self._get(subject, cursor)
-            if message is None or message.seq is None:
-                break
-            cursor = message.seq
-            headers = message.headers or {}
-            time_ms = int(message.time.timestamp() * 1000) if message.time is not None else 0
-            if index == 0:
-                complete = await self._follows(subject, message, since)
-            if time_ms < horizon_ms:
+        for message in messages:
+            if message.time_ms < horizon_ms:
                 complete = False  # logically expired, so the range has a hole
             elif len(publications) < limit:
                 publications.append(
                     Publication(
                         channel=channel,
                         epoch=top.epoch,
-                        offset=cursor,
-                        data=normalize_data(message.data or b""),
-                        event=_event(headers),
-                        time_ms=time_ms,
+                        offset=message.seq,
+                        data=normalize_data(message.data),
+                        event=_event(message.headers),
+                        time_ms=message.time_ms,
                     )
                 )
-            if cursor >= top_seq or len(publications) >= limit:
-                break
         return History(top=top, publications=publications, complete=complete)
 
-    async def _follows(self, subject: str, message: RawStreamMsg, since: int) -> bool:
+    async def _read(self, subject: str, since: int, top_seq: int, count: int) -> list[_Stored]:
+        """Up to ``count`` messages of ``subject`` after ``since``, not beyond ``top_seq``.
+
+        One batched direct get does the bulk.  A replica may answer it from
+        behind the leader; a batch that stops short of the leader's top is
+        then completed from the leader, one message at a time.
+        """
+        messages = await self._read_batch(subject, since, count)
+        messages = [m for m in messages if m.seq <= top_seq]
+        cursor = messages[-1].seq if messages else since
+        while len(messages) < count and cursor < top_seq:
+            raw = await self._get(subject, cursor)
+            if raw is None or raw.seq is None or raw.seq > top_seq:
+                break
+            cursor = raw.seq
+            time_ms = int(raw.time.timestamp() * 1000) if raw.time is not None else 0
+            messages.append(_Stored(raw.seq, raw.data or b"", dict(raw.headers or {}), time_ms))
+        return messages
+
+    async def _read_batch(self, subject: str, since: int, count: int) -> list[_Stored]:
+        nc, _ = self._client()
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        messages: list[_Stored] = []
+        try:
+            request = {"seq": since + 1, "next_by_subj": subject, "batch": count}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{self.options.stream}", json.dumps(request).encode(), reply=inbox
+            )
+            # ``count`` messages, then an end-of-batch status; bounded both ways.
+            for _ in range(count + 1):
+                msg = await sub.next_msg(timeout=self.options.timeout)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status not in ("204", "404"):
+                        log.info("NATS batched read refused", extra={"status": status})
+                    break
+                messages.append(
+                    _Stored(
+                        seq=int(headers["Nats-Sequence"]),
+                        data=msg.data,
+                        headers=headers,
+                        time_ms=_timestamp_ms(headers.get("Nats-Time-Stamp")),
+                    )
+                )
+        finally:
+            await self._quiet_unsubscribe(sub)
+        return messages
+
+    async def _follows(self, subject: str, message: _Stored, since: int) -> bool:
         """Whether ``message``, the first retained one after ``since``, directly follows it."""
-        assert message.seq is not None
         if message.seq == since + 1:
             return True
-        raw_prev = (message.headers or {}).get(HEADER_PREV)
+        raw_prev = message.headers.get(HEADER_PREV)
         prev = int(raw_prev) if raw_prev is not None and raw_prev.isdigit() else None
         if prev is None:
             # No verified previous sequence: if the message at ``since`` is
