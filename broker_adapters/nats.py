@@ -40,10 +40,11 @@ import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -77,6 +78,9 @@ ERR_NO_MESSAGE = 10037
 ERR_STREAM_NAME_IN_USE = 10058
 ERR_STREAM_NOT_FOUND = 10059
 ERR_WRONG_LAST_SEQUENCE = 10071
+# Replicated streams: a conditional publish of the same subject in flight.
+ERR_LAST_SUBJECT_SEQ_NOT_READY = 10163
+ERR_WRONG_LAST_SEQUENCE_CONSTANT = 10164
 
 _WRONG_LAST = re.compile(r"wrong last sequence:\s*(\d+)")
 _STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -90,6 +94,24 @@ _PUBLISH_ATTEMPTS = 4
 # How many channels' last sequences a node remembers to publish without a
 # first failed attempt.
 _LAST_SEQ_CACHE = 65536
+
+
+# Broker URL query options and their types; docs/brokers/nats.md has a row for each.
+URL_OPTIONS: Mapping[str, type] = MappingProxyType(
+    {
+        "stream": str,
+        "subject_prefix": str,
+        "live_prefix": str,
+        "history_size": int,
+        "history_ttl": float,
+        "meta_ttl": float,
+        "replicas": int,
+        "storage": str,
+        "timeout": float,
+        "connect_timeout": float,
+        "reconnect_wait": float,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,9 +513,17 @@ class NatsBroker(Broker):
                             await self._ensure_stream()
                             continue
                         except nats.js.errors.APIError as exc:
+                            if exc.err_code == ERR_LAST_SUBJECT_SEQ_NOT_READY:
+                                # A replicated stream is still settling an
+                                # earlier conditional publish of this subject.
+                                await asyncio.sleep(0.01 * (attempt + 1))
+                                continue
+                            if exc.err_code not in (ERR_WRONG_LAST_SEQUENCE, ERR_WRONG_LAST_SEQUENCE_CONSTANT):
+                                raise
                             actual = self._wrong_last(exc)
                             if actual is None:
-                                raise
+                                last = await self._last(subject)
+                                actual = (last.seq or 0) if last is not None else 0
                             if actual < prev:
                                 # The channel went backwards: expired, purged,
                                 # or the stream was recreated.  Find out which.
@@ -521,10 +551,9 @@ class NatsBroker(Broker):
 
     @staticmethod
     def _wrong_last(exc: nats.js.errors.APIError) -> int | None:
-        if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
-            return None
+        """The subject's actual last sequence, when the error says it (10071 does, 10164 does not)."""
         match = _WRONG_LAST.search(exc.description or "")
-        return int(match.group(1)) if match else 0
+        return int(match.group(1)) if match else None
 
     # -- history -----------------------------------------------------------------------
 
@@ -758,22 +787,7 @@ def from_url(url: str) -> NatsBroker:
     """
     from . import UnknownBrokerURL, url_options
 
-    options = url_options(
-        url,
-        {
-            "stream": str,
-            "subject_prefix": str,
-            "live_prefix": str,
-            "history_size": int,
-            "history_ttl": float,
-            "meta_ttl": float,
-            "replicas": int,
-            "storage": str,
-            "timeout": float,
-            "connect_timeout": float,
-            "reconnect_wait": float,
-        },
-    )
+    options = url_options(url, dict(URL_OPTIONS))
     parts = urlsplit(url)
     userinfo, _, hosts = parts.netloc.rpartition("@")
     servers = [
