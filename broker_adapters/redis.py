@@ -15,6 +15,7 @@ re-reads history from the last position it delivered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -207,6 +208,12 @@ class RedisBroker(Broker):
             await self._client.ping()
         except _REDIS_ERRORS as exc:
             raise BrokerUnavailable(f"redis ping failed: {exc}") from exc
+        live = self._live
+        if live is not None and not live.healthy:
+            # Redis answers again but this node cannot receive live events
+            # yet: not ready.  Skip the rest of the reconnect backoff.
+            live.wake()
+            raise BrokerUnavailable("redis live connection is down; reconnecting")
 
 
 def _text(value: bytes | str) -> str:
@@ -296,6 +303,17 @@ class _LiveConnection:
         self._restoring: set[bytes] | None = None
         self._task: asyncio.Task[None] | None = None
         self._pinger: asyncio.Task[None] | None = None
+        # Set when Redis is known to answer again, to cut a reconnect backoff short.
+        self._wake = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        """Connected, and every wanted channel subscribed after the last reconnect."""
+        connection = self._connection
+        return connection is not None and connection.is_connected and self._restoring is None
+
+    def wake(self) -> None:
+        self._wake.set()
 
     @property
     def _listener(self) -> BrokerListener:
@@ -393,7 +411,10 @@ class _LiveConnection:
                     connection = None
                     wait = delay * random.uniform(0.5, 1.5)
                     log.info("redis live reconnect failed", extra={"error": str(exc), "retry_in": round(wait, 2)})
-                    await asyncio.sleep(wait)
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
                     delay = min(delay * 2, self._options.reconnect_max_delay)
                     continue
             self._pinger = asyncio.create_task(self._ping_forever(connection), name="redis-live-ping")
@@ -410,6 +431,10 @@ class _LiveConnection:
                 self._pinger = None
             await self._drop_connection()
             self._listener.on_availability(False)
+            # The idle command connections went to the same server; close them
+            # now, or the first commands after a restart fail on dead sockets.
+            with contextlib.suppress(*_REDIS_ERRORS):
+                await self._broker._client.connection_pool.disconnect(inuse_connections=False)
             connection = None
             delay = 0.1
 
