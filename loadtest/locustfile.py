@@ -1,0 +1,443 @@
+"""Locust users for Fanline: WebSocket and SSE subscribers, and a publisher.
+
+    locust -f loadtest/locustfile.py --headless -u 20 -r 10 -t 15s --host http://127.0.0.1:8000
+
+against a node started with ``fanline node --client-publish``.  Rows are named
+by transport: ``WS receive`` / ``SSE receive`` (publish-to-receive latency of
+every event; gaps, duplicates and resets are their failures), ``WS connect``,
+``SSE connect``, ``WS subscribe``, ``POST publish`` (or ``BROKER publish``).
+
+Options (each also an environment variable; see loadtest/README.md):
+
+``--fanline-channels`` (FANLINE_CHANNELS)       comma-separated channels, default ``loadtest.0,loadtest.1``
+``--fanline-channels-per-user`` (…_PER_USER)    how many of them each subscriber takes, default all
+``--fanline-publish-rate`` (FANLINE_PUBLISH_RATE) publications/s per publisher user, default 10
+``--fanline-publishers`` (FANLINE_PUBLISHERS)   publisher users (a fixed count), default 1
+``--fanline-payload-bytes``                      padding per publication, default 64
+``--fanline-broker`` (FANLINE_BROKER)           publish straight to this broker URL instead of the HTTP API
+``--fanline-offset-skips``                       the broker's offsets may skip (NATS, Kafka): no gap check
+``--fanline-results`` (FANLINE_RESULTS)         where to write the raw histograms, default
+                                                 loadtest/results/latency-<timestamp>.json
+
+Every publication's data carries ``{"t": <unix time at send>}``; receivers
+subtract it from their own clock, so run publishers and subscribers on hosts
+with synchronised clocks (or on one host).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import gevent
+import requests
+import websocket
+from locust import HttpUser, User, between, constant_throughput, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from loadtest.stream_checks import Report, StreamProblem, StreamTracker
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# One report per Locust process; workers send theirs to the master at stop.
+REPORT = Report()
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = parser.add_argument_group("Fanline")
+    group.add_argument("--fanline-channels", env_var="FANLINE_CHANNELS", default="loadtest.0,loadtest.1",
+                       help="Comma-separated channels to subscribe and publish to")
+    group.add_argument("--fanline-channels-per-user", env_var="FANLINE_CHANNELS_PER_USER", type=int, default=0,
+                       help="Channels each subscriber takes at random (0: all)")
+    group.add_argument("--fanline-publish-rate", env_var="FANLINE_PUBLISH_RATE", type=float, default=10.0,
+                       help="Publications per second per publisher user")
+    group.add_argument("--fanline-publishers", env_var="FANLINE_PUBLISHERS", type=int, default=1,
+                       help="Number of publisher users (a fixed count; the rest are subscribers)")
+    group.add_argument("--fanline-payload-bytes", env_var="FANLINE_PAYLOAD_BYTES", type=int, default=64,
+                       help="Padding bytes per publication")
+    group.add_argument("--fanline-broker", env_var="FANLINE_BROKER", default="",
+                       help="Publish straight to this broker URL (redis://, nats://, kafka://) instead of the HTTP API")
+    group.add_argument("--fanline-offset-skips", env_var="FANLINE_OFFSET_SKIPS", action="store_true", default=False,
+                       help="The broker's offsets may skip (NATS, Kafka): only duplicates and resets are failures")
+    group.add_argument("--fanline-results", env_var="FANLINE_RESULTS", default="",
+                       help="Path of the raw latency histogram JSON written at test stop")
+
+
+@events.init.add_listener
+def _init(environment: Environment, **_: Any) -> None:
+    options = environment.parsed_options
+    if options is not None:
+        PublisherUser.fixed_count = max(0, options.fanline_publishers)
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        runner.register_message("fanline_report", _merge_worker_report)
+
+
+def _options_of(user: User) -> Any:
+    options = user.environment.parsed_options
+    assert options is not None, "run under the locust command"
+    return options
+
+
+def _channels(options: Any) -> list[str]:
+    return [c.strip() for c in options.fanline_channels.split(",") if c.strip()]
+
+
+def _pick_channels(options: Any) -> list[str]:
+    channels = _channels(options)
+    k = options.fanline_channels_per_user
+    return random.sample(channels, k) if 0 < k < len(channels) else channels
+
+
+def _fire(environment: Environment, kind: str, name: str, ms: float, size: int = 0,
+          exception: BaseException | None = None) -> None:
+    environment.events.request.fire(
+        request_type=kind, name=name, response_time=ms, response_length=size, exception=exception, context={}
+    )
+
+
+class _Subscriber(User):
+    """What the WebSocket and SSE users share: the checks, the reader greenlet, reconnects."""
+
+    abstract = True
+    transport = ""
+    wait_time = between(1, 2)
+
+    def on_start(self) -> None:
+        options = _options_of(self)
+        self.channels = _pick_channels(options)
+        self.tracker = StreamTracker(contiguous=not options.fanline_offset_skips)
+        self.stopping = False
+        self.reader = gevent.spawn(self._run)
+
+    def on_stop(self) -> None:
+        self.stopping = True
+        self._close()
+        self.reader.kill(block=False)
+
+    @task
+    def idle(self) -> None:
+        # Subscribers only listen; the reader greenlet does the work.
+        pass
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self.stopping:
+            try:
+                self._connect_and_read()
+                delay = 0.5
+            except Exception as exc:  # any transport error: count it, back off, resume
+                if self.stopping:
+                    return
+                _fire(self.environment, self.transport, "disconnect", 0, exception=exc)
+                REPORT.problem(self.transport, "disconnect")
+            gevent.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 10.0)
+
+    def _event(self, message: dict[str, Any], size: int) -> None:
+        now = time.time()
+        channel, event_id = message["channel"], message["id"]
+        problem = self.tracker.event(channel, event_id)
+        data = message.get("data")
+        sent = data.get("t") if isinstance(data, dict) else None
+        ms = (now - sent) * 1000.0 if isinstance(sent, (int, float)) else 0.0
+        if problem is not None:
+            REPORT.problem(self.transport, problem)
+        elif sent is not None:
+            REPORT.latency(self.transport, ms)
+        _fire(self.environment, self.transport, "receive", ms, size, problem)
+
+    def _reset(self, channel: str, event_id: str, reason: str) -> None:
+        problem = self.tracker.reset(channel, event_id, reason)
+        REPORT.problem(self.transport, problem)
+        _fire(self.environment, self.transport, "receive", 0, exception=problem)
+
+    def _connect_and_read(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+
+class WebSocketUser(_Subscriber):
+    """Subscribes over ``/ws`` with websocket-client; resumes with ``since`` after a drop."""
+
+    transport = "WS"
+    weight = 10
+
+    def on_start(self) -> None:
+        self.ws: websocket.WebSocket | None = None
+        super().on_start()
+
+    def _url(self) -> str:
+        return self.host.replace("https://", "wss://").replace("http://", "ws://").rstrip("/") + "/ws"
+
+    def _connect_and_read(self) -> None:
+        started = time.perf_counter()
+        try:
+            ws = websocket.create_connection(self._url(), timeout=10, enable_multithread=True)
+        except Exception as exc:
+            _fire(self.environment, "WS", "connect", (time.perf_counter() - started) * 1000, exception=exc)
+            raise
+        self.ws = ws
+        _fire(self.environment, "WS", "connect", (time.perf_counter() - started) * 1000)
+        resume = self.tracker.resume_ids()
+        sent_at: dict[int, float] = {}
+        for rid, channel in enumerate(self.channels):
+            message: dict[str, Any] = {"type": "subscribe", "channel": channel, "rid": rid}
+            if channel in resume:
+                message["since"] = resume[channel]
+            sent_at[rid] = time.perf_counter()
+            ws.send(json.dumps(message))
+        ws.settimeout(None)  # heartbeats come every 25 s; a dead socket raises
+        while not self.stopping:
+            frame = ws.recv()
+            if not frame:
+                raise ConnectionError("WebSocket closed by the server")
+            text = frame if isinstance(frame, str) else frame.decode()
+            # A server frame may hold several messages, one per line.
+            for line in text.split("\n"):
+                message = json.loads(line)
+                kind = message.get("type")
+                if kind == "event":
+                    self._event(message, len(line))
+                elif kind == "reset":
+                    self._reset(message["channel"], message["id"], message.get("reason", ""))
+                elif kind == "subscribed":
+                    if not message.get("recovered", True):
+                        REPORT.problem("WS", "not_recovered")
+                    self.tracker.start(message["channel"], message.get("id"))
+                    began = sent_at.pop(message.get("rid", -1), None)
+                    if began is not None:
+                        _fire(self.environment, "WS", "subscribe", (time.perf_counter() - began) * 1000)
+                elif kind == "error":
+                    _fire(self.environment, "WS", "error", 0,
+                          exception=RuntimeError(f"{message.get('code')}: {message.get('message')}"))
+
+    def _close(self) -> None:
+        if self.ws is not None:
+            try:
+                self.ws.close(timeout=1)
+            except Exception:
+                pass
+
+
+class SSEParser:
+    """Incremental ``text/event-stream`` parser (the HTML spec's rules, minus ``retry``)."""
+
+    def __init__(self) -> None:
+        self.buffer = ""
+        self.event = ""
+        self.data: list[str] = []
+        self.id: str | None = None
+
+    def feed(self, text: str) -> list[tuple[str, str, str | None]]:
+        """Return the complete events in ``text``: (event type, data, id)."""
+        out: list[tuple[str, str, str | None]] = []
+        self.buffer += text.replace("\r\n", "\n")
+        *lines, self.buffer = self.buffer.split("\n")
+        for line in lines:
+            if not line:
+                if self.data:
+                    out.append((self.event or "message", "\n".join(self.data), self.id))
+                self.event, self.data = "", []
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                self.data.append(value)
+            elif name == "event":
+                self.event = value
+            elif name == "id":
+                self.id = value
+        return out
+
+
+class SSEUser(_Subscriber):
+    """Reads ``/sse`` through a streaming requests response; resumes with ``Last-Event-ID``."""
+
+    transport = "SSE"
+    weight = 10
+
+    def on_start(self) -> None:
+        self.response: requests.Response | None = None
+        self.last_event_id: str | None = None
+        super().on_start()
+
+    def _connect_and_read(self) -> None:
+        url = self.host.rstrip("/") + "/sse?" + urlencode([("channel", c) for c in self.channels])
+        headers = {"Accept": "text/event-stream"}
+        if self.last_event_id:
+            headers["Last-Event-ID"] = self.last_event_id
+        started = time.perf_counter()
+        try:
+            response = requests.get(url, headers=headers, stream=True, timeout=(10, 60))
+            response.raise_for_status()
+        except Exception as exc:
+            _fire(self.environment, "SSE", "connect", (time.perf_counter() - started) * 1000, exception=exc)
+            raise
+        self.response = response
+        parser = SSEParser()
+        # chunk_size=None yields each HTTP chunk as it arrives: no added latency.
+        for chunk in response.iter_content(chunk_size=None, decode_unicode=False):
+            if self.stopping:
+                return
+            for kind, data, event_id in parser.feed(chunk.decode("utf-8")):
+                if event_id is not None:
+                    self.last_event_id = event_id
+                message = json.loads(data)
+                if kind == "fanline.subscribed":
+                    _fire(self.environment, "SSE", "connect", (time.perf_counter() - started) * 1000)
+                    for channel, state in message.get("channels", {}).items():
+                        if state.get("recovered") is False:
+                            REPORT.problem("SSE", "not_recovered")
+                        self.tracker.start(channel, state.get("id"))
+                elif kind == "fanline.reset":
+                    self._reset(message["channel"], message["id"], message.get("reason", ""))
+                elif message.get("type") == "event":
+                    self._event(message, len(data))
+        raise ConnectionError("SSE stream ended")
+
+    def _close(self) -> None:
+        if self.response is not None:
+            try:
+                self.response.close()
+            except Exception:
+                pass
+
+
+class _BrokerPublisher:
+    """:class:`broker_adapters.publisher.Publisher` on its own asyncio loop in a real OS thread.
+
+    Locust monkey-patches the standard library for gevent; asyncio must not
+    share the gevent hub, so each publish runs in gevent's native thread pool
+    (one thread, one event loop, kept for the whole run).
+    """
+
+    def __init__(self, url: str) -> None:
+        from gevent.threadpool import ThreadPool
+
+        self.url = url
+        self.pool = ThreadPool(1)
+        self.pool.spawn(self._setup).get()
+
+    def _setup(self) -> None:
+        import asyncio
+
+        from broker_adapters.publisher import Publisher
+
+        self.loop = asyncio.new_event_loop()
+        self.publisher = Publisher(self.url)
+        self.loop.run_until_complete(self.publisher.start())
+
+    def _publish(self, channel: str, data: object) -> str:
+        return self.loop.run_until_complete(self.publisher.publish(channel, data)).event_id
+
+    def publish(self, channel: str, data: object) -> str:
+        result: str = self.pool.spawn(self._publish, channel, data).get()
+        return result
+
+    def close(self) -> None:
+        try:
+            self.pool.spawn(self.loop.run_until_complete, self.publisher.close()).get(timeout=5)
+        finally:
+            self.pool.kill()
+
+
+class PublisherUser(HttpUser):
+    """Publishes timestamped payloads at a fixed rate per user, over HTTP or straight to a broker."""
+
+    fixed_count = 1
+    weight = 1
+
+    def wait_time(self) -> float:
+        rate = _options_of(self).fanline_publish_rate
+        return constant_throughput(rate)(self) if rate > 0 else 1.0
+
+    def on_start(self) -> None:
+        options = _options_of(self)
+        self.channels = _channels(options)
+        self.pad = "x" * max(0, options.fanline_payload_bytes)
+        self.broker: _BrokerPublisher | None = None
+        if options.fanline_broker:
+            self.broker = _BrokerPublisher(options.fanline_broker)
+
+    def on_stop(self) -> None:
+        if self.broker is not None:
+            self.broker.close()
+
+    @task
+    def publish(self) -> None:
+        channel = random.choice(self.channels)
+        data = {"t": time.time(), "p": self.pad}
+        if self.broker is None:
+            with self.client.post("/api/publish", json={"channel": channel, "data": data}, name="publish",
+                                  catch_response=True) as response:
+                if response.status_code == 200:
+                    REPORT.published += 1
+                    response.success()
+                else:
+                    response.failure(f"{response.status_code}: {response.text[:200]}")
+            return
+        started = time.perf_counter()
+        try:
+            self.broker.publish(channel, data)
+        except Exception as exc:
+            _fire(self.environment, "BROKER", "publish", (time.perf_counter() - started) * 1000, exception=exc)
+            return
+        REPORT.published += 1
+        _fire(self.environment, "BROKER", "publish", (time.perf_counter() - started) * 1000)
+
+
+# -- raw histograms at test stop ------------------------------------------------------------------
+
+_merged = Report()
+_results_path: Path | None = None
+
+
+def _write(environment: Environment, report: Report) -> None:
+    global _results_path
+    if _results_path is None:
+        options = environment.parsed_options
+        chosen = getattr(options, "fanline_results", "") if options is not None else ""
+        _results_path = Path(chosen) if chosen else RESULTS / f"latency-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    _results_path.parent.mkdir(parents=True, exist_ok=True)
+    _results_path.write_text(report.dumps())
+
+
+def _merge_worker_report(environment: Environment, msg: Any, **_: Any) -> None:
+    # The master rewrites the file as each worker reports, so it ends complete.
+    _merged.merge(Report.from_json(msg.data))
+    _write(environment, _merged)
+
+
+@events.test_stop.add_listener
+def _on_stop(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner):
+        runner.send_message("fanline_report", REPORT.to_json())
+        return
+    if isinstance(runner, MasterRunner):
+        return
+    _write(environment, REPORT)
+    summary = {t: h.summary() for t, h in REPORT.histograms.items()}
+    print(f"fanline: published {REPORT.published}, received {REPORT.received}, problems {REPORT.problems or 'none'}")
+    for transport, figures in summary.items():
+        print(
+            f"fanline: {transport} latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms,"
+            f" max {figures['max_ms']:.1f} ms over {figures['count']} events"
+        )
+    print(f"fanline: raw histograms in {_results_path}")
+
+
+# Locust reports a failed receive under the same row, so the failure ratio of
+# "WS receive" is the share of events that revealed a gap, duplicate or reset.
+__all__ = ["PublisherUser", "SSEUser", "StreamProblem", "WebSocketUser"]
