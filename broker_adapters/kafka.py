@@ -174,6 +174,8 @@ class KafkaBroker(Broker):
         # end and asks the listener to resync from history.
         self._live_reset = False
         self._available = False
+        # The live consumer's connections when the layout was last checked.
+        self._checked_connections: tuple[Any, ...] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -639,11 +641,46 @@ class KafkaBroker(Broker):
                 self._wake.set()
                 await asyncio.sleep(0.2)
                 continue
-            layout = self._layout
+            if not batches:
+                continue
+            layout = await self._layout_for_batch(live, batches)
             if layout is None:
                 continue
             for tp, records in batches.items():
                 self._deliver(layout, tp.partition, records)
+
+    async def _layout_for_batch(self, live: AIOKafkaConsumer, batches: dict[Any, Any]) -> _Layout | None:
+        """The layout to stamp a fetched batch with, or None to drop it.
+
+        A broker that restarted without its data serves a new topic under
+        the old name, and a consumer that reconnects keeps fetching from its
+        old offsets: those records must not get the old epoch.  A restart
+        means a new connection, so when the consumer's connections changed
+        since the layout was last checked, the layout is checked again
+        before anything of the batch is delivered.
+        """
+        connections = _connections(live)
+        if connections is None or connections != self._checked_connections:
+            try:
+                await self._refresh_layout()
+            except BrokerError:
+                # Unverifiable: fetch these records again later.
+                self._rewind(live, batches)
+                await asyncio.sleep(0.2)
+                return None
+            self._checked_connections = connections
+        if self._live_reset:
+            # Positions are about to be reset and history re-read; records
+            # fetched from the old positions are covered by that.
+            return None
+        return self._layout
+
+    def _rewind(self, live: AIOKafkaConsumer, batches: dict[Any, Any]) -> None:
+        for tp in batches:
+            offset = self._next.get(tp.partition)
+            if offset is not None:
+                with contextlib.suppress(kafka_errors.IllegalStateError):
+                    live.seek(tp, offset)
 
     def _deliver(self, layout: _Layout, partition: int, records: Iterable[Any]) -> None:
         expected = self._next.get(partition)
@@ -708,6 +745,38 @@ class KafkaBroker(Broker):
 
     async def ping(self) -> None:
         await self._refresh_layout()
+        if self._started and (self._live_reset or not self._available):
+            # Reachable, but live delivery is not repaired yet: not healthy.
+            self._wake.set()
+            raise BrokerUnavailable("kafka live delivery is being re-established")
+
+
+def _connections(consumer: AIOKafkaConsumer) -> tuple[Any, ...] | None:
+    """The consumer's open broker connections, compared by identity.
+
+    aiokafka has no public "reconnected" signal, so this reads its client's
+    connection table; if that ever changes shape, None makes the caller
+    check the layout for every batch, which is slower but still correct.
+    """
+    conns = getattr(getattr(consumer, "_client", None), "_conns", None)
+    if not isinstance(conns, dict):
+        return None
+    return tuple(_Same(conn) for conn in conns.values())
+
+
+class _Same:
+    """Compares by identity, and keeps its object alive so ids are not reused."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: object) -> None:
+        self.obj = obj
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.obj is self.obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
 
 
 def _unavailable(message: str, exc: BaseException) -> BrokerUnavailable:
