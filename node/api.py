@@ -7,6 +7,7 @@ and the health probes.  Internal port: health probes, ``/metrics`` and
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from .runtime import Node
 
 MAX_BATCH = 1000
+# A batch body may hold this many maximum-size publications' worth of bytes.
+BATCH_BODY_FACTOR = 16
 DEMO_PAGE = Path(__file__).with_name("demo.html")
 
 
@@ -48,8 +51,8 @@ class APIError(Exception):
         return JSONResponse({"error": self.code, "message": self.message}, self.status, headers=self.headers)
 
 
-async def _read_json(node: Node, request: Request, optional: bool = False) -> Any:
-    limit = node.settings.max_message_bytes
+async def _read_json(node: Node, request: Request, optional: bool = False, limit: int | None = None) -> Any:
+    limit = limit or node.settings.max_message_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
@@ -78,6 +81,10 @@ def _parse_publication(node: Node, item: Any) -> tuple[str, str, str | None]:
         channel = validate_channel(item.get("channel"), node.settings.max_channel_length)
         event = validate_event_type(item.get("event"))
         data = encode_data(item["data"])
+        if len(data) > node.settings.max_message_bytes:
+            raise APIError(
+                413, ErrorCode.MESSAGE_TOO_LARGE, f"data is limited to {node.settings.max_message_bytes} bytes"
+            )
     except InvalidChannel as exc:
         raise APIError(400, ErrorCode.INVALID_CHANNEL, str(exc)) from None
     except InvalidEventType as exc:
@@ -121,12 +128,13 @@ def _guarded(handler: Any, check_api: bool = True) -> Any:
 
 
 async def publish(node: Node, request: Request) -> Response:
-    channel, data, event = _parse_publication(node, await _read_json(node, request))
+    body = await _read_json(node, request)
+    channel, data, event = _parse_publication(node, body)
     return JSONResponse(await _publish_one(node, channel, data, event))
 
 
 async def publish_batch(node: Node, request: Request) -> Response:
-    body = await _read_json(node, request)
+    body = await _read_json(node, request, limit=node.settings.max_message_bytes * BATCH_BODY_FACTOR)
     items = body.get("publications") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
         raise APIError(400, ErrorCode.INVALID_MESSAGE, 'send {"publications": [...]} with at least one item')
@@ -139,6 +147,10 @@ async def publish_batch(node: Node, request: Request) -> Response:
     for index, (channel, data, event) in enumerate(parsed):
         try:
             results.append(await _publish_one(node, channel, data, event))
+            # The embedded broker fans out without suspending: let the
+            # connections' writers run between items, so a large batch is not
+            # one burst that overflows healthy clients' outboxes.
+            await asyncio.sleep(0)
         except APIError as exc:
             # Earlier items are published and keep their ids; say exactly where it stopped.
             return JSONResponse(

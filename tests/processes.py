@@ -100,6 +100,25 @@ class NodeProcess:
         except OSError:
             return ""
 
+    def metrics(self) -> dict[str, float]:
+        """The node's /metrics as {'name{labels}': value}."""
+        with urllib.request.urlopen(self.internal_url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def rss_kib(self) -> int:
+        """Resident memory of the node process, from /proc."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
     def kill(self) -> None:
         """SIGKILL: the node gets no chance to say goodbye."""
         if self.proc is not None and self.proc.poll() is None:
