@@ -162,6 +162,7 @@ frames = st.one_of(
 @example(frame="[" * 50_000)  # RecursionError in json.loads, not ValueError
 @example(frame='{"a":' * 20_000)
 @example(frame='{"type":"publish","channel":"fuzz:a","data":' + "[" * 30_000 + "]" * 30_000 + "}")
+@example(frame='{"type":"publish","channel":"fuzz:a","data":' + "[" * 985 + "]" * 985 + "}")  # near the limit
 @example(frame=b"\xff\xfe\x00")
 @example(frame="x" * 70_000)  # beyond max_message_bytes
 def test_arbitrary_websocket_frames_get_documented_answers(prober: Prober, frame: str | bytes) -> None:
