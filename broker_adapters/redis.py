@@ -514,7 +514,7 @@ class _LiveConnection:
 
 def from_url(url: str) -> RedisBroker:
     """``redis://host:6379/0?history_size=1000&history_ttl=600&meta_ttl=86400&prefix=fanline``."""
-    from . import url_options
+    from . import UnknownBrokerURL, url_options
 
     options = url_options(
         url,
@@ -531,8 +531,11 @@ def from_url(url: str) -> RedisBroker:
     for key in ("history_ttl", "meta_ttl", "command_timeout", "connect_timeout", "live_ping_interval"):
         value = options.get(key)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"{key} must be finite")
-    return RedisBroker(url, RedisOptions(**options))  # type: ignore[arg-type]
+            raise UnknownBrokerURL(f"broker URL option {key} must be finite")
+    try:
+        return RedisBroker(url, RedisOptions(**options))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise UnknownBrokerURL(f"redis broker URL: {exc}") from None
 
 
 __all__ = ["RedisBroker", "RedisOptions", "from_url", "new_epoch", "parse_live_payload", "unpack_entries"]
