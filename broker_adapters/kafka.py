@@ -43,6 +43,7 @@ from aiokafka import errors as kafka_errors
 from aiokafka.client import AIOKafkaClient
 from aiokafka.partitioner import murmur2
 from aiokafka.protocol.admin import CreateTopicsRequest
+from aiokafka.protocol.offset import OffsetRequest
 
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
 from .kafka_metadata import UNKNOWN_TOPIC_OR_PARTITION, TopicMetadataRequest, parse_metadata
@@ -51,6 +52,10 @@ from .types import History, InvalidEventType, Position, Publication, normalize_d
 log = logging.getLogger("fanline.broker.kafka")
 
 EVENT_HEADER = "fanline-event"
+
+# ListOffsets timestamps meaning "log start" and "log end".
+_EARLIEST = -2
+_LATEST = -1
 
 # A producer in one of these states fails every later send until it is
 # recreated (aiokafka #1017): the broker lost its producer state, or the
@@ -193,6 +198,9 @@ class KafkaBroker(Broker):
                 )
                 await self._client.bootstrap()
                 await self._refresh_layout()
+                # Partition leaders for ListOffsets come from this metadata
+                # (asked for after our create: it may auto-create the topic).
+                await self._client.add_topic(self.topic)
                 self._reader = self._new_consumer("fanline-history")
                 await self._reader.start()
                 self._live = self._new_consumer("fanline-live")
@@ -454,16 +462,47 @@ class KafkaBroker(Broker):
             return await self._read_range(tp, epoch, channel, since, min(end, top.offset), limit, top)
 
     async def _bounds(self, tp: TopicPartition) -> tuple[int, int]:
-        reader = self._reader
-        if reader is None:
+        start, end = await asyncio.gather(
+            self._list_offsets([tp.partition], _EARLIEST), self._list_offsets([tp.partition], _LATEST)
+        )
+        return start[tp.partition], end[tp.partition]
+
+    async def _list_offsets(self, partitions: list[int], which: int) -> dict[int, int]:
+        """The log start (``_EARLIEST``) or end (``_LATEST``) offsets of partitions.
+
+        Sent on the admin client's connections: a consumer queues this
+        request behind its own long-polling fetch on the same connection,
+        which would add up to ``fetch_max_wait_ms`` to every history read.
+        """
+        client = self._client
+        if client is None:
             raise BrokerUnavailable("kafka broker is not started")
+        by_leader: dict[int, list[int]] = {}
+        for partition in partitions:
+            leader = client.cluster.leader_for_partition(TopicPartition(self.topic, partition))
+            if leader is None or leader < 0:
+                client.force_metadata_update()
+                raise BrokerUnavailable(f"no leader known for kafka partition {partition}")
+            by_leader.setdefault(leader, []).append(partition)
+        offsets: dict[int, int] = {}
         try:
             async with asyncio.timeout(self.timeout):
-                start = (await reader.beginning_offsets([tp]))[tp]
-                end = (await reader.end_offsets([tp]))[tp]
+                for leader, wanted in by_leader.items():
+                    request = OffsetRequest(-1, 0, [(self.topic, [(p, which) for p in wanted])])
+                    response = await client.send(leader, request)
+                    for _topic, answers in response.topics:
+                        for partition, error_code, *info in answers:
+                            if error_code != 0:
+                                client.force_metadata_update()
+                                raise BrokerUnavailable(f"kafka ListOffsets error {error_code}")
+                            offsets[int(partition)] = int(info[-1] if response.API_VERSION else info[0][0])
+        except BrokerError:
+            raise
         except (kafka_errors.KafkaError, TimeoutError, OSError) as exc:
             raise _unavailable("kafka offsets request failed", exc) from exc
-        return int(start), int(end)
+        if set(offsets) != set(partitions):
+            raise BrokerUnavailable("kafka ListOffsets answered for other partitions")
+        return offsets
 
     async def _index(self, tp: TopicPartition, epoch: str, log_start: int, end: int) -> _KeyIndex:
         index = self._indexes.get(tp.partition)
@@ -529,28 +568,37 @@ class KafkaBroker(Broker):
         deadline = max(self.timeout * 2, (stop - start) / 20_000)
         try:
             async with asyncio.timeout(deadline):
-                reader.assign([tp])
-                reader.seek(tp, start)
-                position = start
-                for _ in range(self.scan_limit):
-                    batch = await reader.getmany(tp, timeout_ms=int(self.timeout * 1000), max_records=2000)
-                    records = batch.get(tp, ())
-                    for record in records:
-                        if record.offset >= stop:
-                            return
-                        if record.offset >= position:
-                            visit(record)
-                    position = int(await reader.position(tp))
-                    if position >= stop:
-                        return
-                    highwater = reader.highwater(tp)
-                    if not records and highwater is not None and highwater <= position:
-                        # Fetch says the log ends here although ListOffsets
-                        # said later (seen on Tansu after a restart): what
-                        # cannot be fetched cannot be delivered, so stop.
-                        return
+                await self._scan_assigned(reader, tp, start, stop, visit)
         except (kafka_errors.KafkaError, TimeoutError, OSError) as exc:
             raise _unavailable("kafka history read failed", exc) from exc
+        finally:
+            # An assigned reader keeps long-polling at the end of the log,
+            # and the next read's fetch would queue behind that request.
+            reader.unsubscribe()
+
+    async def _scan_assigned(
+        self, reader: AIOKafkaConsumer, tp: TopicPartition, start: int, stop: int, visit: Callable[[Any], None]
+    ) -> None:
+        reader.assign([tp])
+        reader.seek(tp, start)
+        position = start
+        for _ in range(self.scan_limit):
+            batch = await reader.getmany(tp, timeout_ms=int(self.timeout * 1000), max_records=2000)
+            records = batch.get(tp, ())
+            for record in records:
+                if record.offset >= stop:
+                    return
+                if record.offset >= position:
+                    visit(record)
+            position = int(await reader.position(tp))
+            if position >= stop:
+                return
+            highwater = reader.highwater(tp)
+            if not records and highwater is not None and highwater <= position:
+                # Fetch says the log ends here although ListOffsets said
+                # later (seen on Tansu after a restart): what cannot be
+                # fetched cannot be delivered, so stop.
+                return
 
     def _publication(self, record: Any, epoch: str, channel: str) -> Publication:
         event: str | None = None
@@ -608,14 +656,7 @@ class KafkaBroker(Broker):
             raise BrokerUnavailable("kafka broker is not started")
         wanted = {partition_for(c, layout.partitions) for c in self._channels}
         fresh = wanted if reset_all else wanted - set(self._next)
-        ends: dict[int, int] = {}
-        if fresh:
-            tps = [TopicPartition(self.topic, p) for p in sorted(fresh)]
-            try:
-                async with asyncio.timeout(self.timeout):
-                    ends = {tp.partition: int(offset) for tp, offset in (await live.end_offsets(tps)).items()}
-            except (kafka_errors.KafkaError, TimeoutError, OSError) as exc:
-                raise _unavailable("kafka offsets request failed", exc) from exc
+        ends = await self._list_offsets(sorted(fresh), _LATEST) if fresh else {}
         # No await from here: the live loop sees the new assignment whole.
         positions = {p: ends[p] if p in fresh else self._next[p] for p in wanted}
         self._next = positions
