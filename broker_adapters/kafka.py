@@ -14,7 +14,7 @@ stays "before the first publication".  Offsets of one channel are not
 consecutive (the partition is shared), so ``contiguous_offsets`` is False
 and live gaps are reported through ``on_resync``.  The epoch is a hash of
 the topic id (a UUID Kafka gives each incarnation of a topic), the partition
-count and the partition: a recreated topic, a broker that lost its data, or
+count and the channel: a recreated topic, a broker that lost its data, or
 a changed partition count (which moves channels between partitions) all give
 new epochs, so clients get an explicit reset instead of a spliced stream.
 
@@ -83,10 +83,16 @@ class _Layout:
     topic_id: bytes
     partitions: int
 
-    def epoch(self, partition: int) -> str:
-        # Hex is inside the epoch alphabet; 64 bits make collisions between
-        # incarnations negligible.
+    def stream(self, partition: int) -> str:
+        """Names one incarnation of one partition (what an index is valid for)."""
         seed = self.topic_id + self.partitions.to_bytes(4, "big") + partition.to_bytes(4, "big")
+        return hashlib.blake2b(seed, digest_size=8).hexdigest()
+
+    def epoch(self, channel: str) -> str:
+        # The channel is part of the hash so that a position used on another
+        # channel fails the epoch check (a reset, never wrong data).  Hex is
+        # inside the epoch alphabet; 64 bits make collisions negligible.
+        seed = self.topic_id + self.partitions.to_bytes(4, "big") + channel.encode()
         return hashlib.blake2b(seed, digest_size=8).hexdigest()
 
 
@@ -98,7 +104,7 @@ class _KeyIndex:
     from ``last`` has no record there.
     """
 
-    epoch: str
+    stream: str
     base: int
     scanned_to: int
     last: dict[str, int] = field(default_factory=dict)
@@ -395,13 +401,13 @@ class KafkaBroker(Broker):
             layout = await self._refresh_layout()
         self._produced[partition] = max(offset, self._produced.get(partition, -1))
         index = self._indexes.get(partition)
-        if index is not None and index.epoch == layout.epoch(partition) and index.scanned_to == offset:
+        if index is not None and index.stream == layout.stream(partition) and index.scanned_to == offset:
             index.see(channel, offset)
             index.scanned_to = offset + 1
         timestamp = int(result.timestamp) if result.timestamp and result.timestamp > 0 else int(time.time() * 1000)
         return Publication(
             channel=channel,
-            epoch=layout.epoch(partition),
+            epoch=layout.epoch(channel),
             offset=offset + 1,
             data=data,
             event=event,
@@ -440,11 +446,11 @@ class KafkaBroker(Broker):
         # topic is never read under the old epoch.
         layout = await self._refresh_layout()
         partition = partition_for(channel, layout.partitions)
-        epoch = layout.epoch(partition)
+        epoch = layout.epoch(channel)
         tp = TopicPartition(self.topic, partition)
         async with self._reader_lock:
             log_start, end = await self._bounds(tp)
-            index = await self._index(tp, epoch, log_start, end)
+            index = await self._index(tp, layout.stream(partition), log_start, end)
             last = index.last.get(channel)
             if last is None:
                 # No record of this key in [base, end): any position in that
@@ -504,18 +510,18 @@ class KafkaBroker(Broker):
             raise BrokerUnavailable("kafka ListOffsets answered for other partitions")
         return offsets
 
-    async def _index(self, tp: TopicPartition, epoch: str, log_start: int, end: int) -> _KeyIndex:
+    async def _index(self, tp: TopicPartition, stream: str, log_start: int, end: int) -> _KeyIndex:
         index = self._indexes.get(tp.partition)
         stale = (
             index is None
-            or index.epoch != epoch
+            or index.stream != stream
             or index.scanned_to > end  # the log lost records: not the log we indexed
             or index.scanned_to < log_start  # records were trimmed before we saw them
             or end - index.scanned_to > self.scan_limit
         )
         if index is None or stale:
             base = max(log_start, end - self.scan_limit)
-            index = _KeyIndex(epoch=epoch, base=base, scanned_to=base)
+            index = _KeyIndex(stream=stream, base=base, scanned_to=base)
             self._indexes[tp.partition] = index
         if index.scanned_to < end:
             start = index.scanned_to
@@ -727,9 +733,8 @@ class KafkaBroker(Broker):
         expected = self._next.get(partition)
         if expected is None:
             return  # unassigned while the batch was in flight
-        epoch = layout.epoch(partition)
         index = self._indexes.get(partition)
-        if index is not None and index.epoch != epoch:
+        if index is not None and index.stream != layout.stream(partition):
             index = None
         for record in records:
             offset = int(record.offset)
@@ -746,7 +751,7 @@ class KafkaBroker(Broker):
                 continue
             channel = record.key.decode("utf-8", errors="replace")
             if channel in self._channels:
-                self._listener.on_publication(self._publication(record, epoch, channel))
+                self._listener.on_publication(self._publication(record, layout.epoch(channel), channel))
         self._next[partition] = expected
 
     async def _watch(self) -> None:
