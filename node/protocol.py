@@ -47,6 +47,8 @@ class ErrorCode:
     SUBSCRIBE_FORBIDDEN = "subscribe_forbidden"
     RATE_LIMITED = "rate_limited"
     BROKER_UNAVAILABLE = "broker_unavailable"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    DRAINING = "draining"
     INTERNAL = "internal"
     # -- security: see docs/security.md
     UNAUTHORIZED = "unauthorized"  # no credential where one is required

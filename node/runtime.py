@@ -103,11 +103,11 @@ class Node:
     def admit(self, scope: Message, transport: str) -> Identity | Refusal:
         if self.draining:
             self.metrics.limit_rejections.labels("draining").inc()
-            return Refusal(503, "draining", "node is draining; connect to another node", CloseCode.TRY_AGAIN_LATER, 1)
+            return Refusal(503, ErrorCode.DRAINING, "node is draining; connect to another node", CloseCode.TRY_AGAIN_LATER, 1)
         if len(self.connections) >= self.settings.max_connections:
             self.limit_rejected("connections", max_connections=self.settings.max_connections)
             return Refusal(
-                503, "too_many_connections", "node is at its connection limit", CloseCode.TRY_AGAIN_LATER, 5
+                503, ErrorCode.TOO_MANY_CONNECTIONS, "node is at its connection limit", CloseCode.TRY_AGAIN_LATER, 5
             )
         return self.access.authenticate(scope)
 
@@ -186,5 +186,3 @@ class Node:
                 if connection.closing is None:
                     connection.send_heartbeat()
 
-
-__all__ = ["Node", "ErrorCode"]
