@@ -348,6 +348,31 @@ class Hub:
         for name in names:
             self._start_resync(self._channels[name], [])
 
+    async def check_streams_forever(self, interval: float) -> None:
+        """Compare each channel's stream top with what was delivered, every ``interval`` s.
+
+        A safety net under the adapters' own gap detection: a live message
+        lost without any sign (a broker bug, a network path that dropped one
+        datagram of a pub/sub stream) is noticed within one interval on an
+        otherwise idle channel, instead of only when the next publication
+        arrives.  One history read per channel per interval; a publication
+        in flight can trigger a harmless extra resync.
+        """
+        while True:
+            await asyncio.sleep(interval)
+            for name, state in list(self._channels.items()):
+                last = state.last
+                if last is None or state.buffer is not None:
+                    continue
+                try:
+                    history = await self.broker.history(name, None, 0)
+                except BrokerError:
+                    continue  # availability is the health check's business
+                top = history.top
+                if state.last is last and (top.epoch != last.epoch or top.offset > last.offset):
+                    self.metrics.resyncs.labels("stream_check").inc()
+                    self._start_resync(state, [])
+
     def on_availability(self, available: bool) -> None:
         if available != self.broker_available:
             level = logging.INFO if available else logging.WARNING

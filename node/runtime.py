@@ -57,6 +57,12 @@ class Node:
         log.info("node starting", extra={"node": self.name, "settings": self.settings.redacted()})
         self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
         self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="heartbeat"))
+        if self.settings.stream_check_interval > 0:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.hub.check_streams_forever(self.settings.stream_check_interval), name="stream-check"
+                )
+            )
 
     async def stop(self) -> None:
         for connection in list(self.connections):

@@ -50,6 +50,12 @@ class Settings:
         "behind gets a reset instead.",
     )
 
+    stream_check_interval: float = _setting(
+        30.0,
+        "Seconds between checks of each subscribed channel's stream top against what the node "
+        "delivered, to catch a lost live message on an idle channel. 0 disables the check.",
+    )
+
     # -- per-connection bounds -------------------------------------------------
     max_connections: int = _setting(10000, "Client connections per node; more are refused with 503.")
     max_subscriptions: int = _setting(128, "Channels per connection (WebSocket subscriptions or SSE channels).")
@@ -157,6 +163,8 @@ class Settings:
             raise SettingsError("ports must be between 1 and 65535 (internal_port may be 0)")
         if self.internal_port == self.port:
             raise SettingsError("internal_port must differ from port (or be 0)")
+        if self.stream_check_interval < 0:
+            raise SettingsError("stream_check_interval must be 0 (off) or more")
         self.namespace_policies()
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError("log_level must be debug, info, warning or error")
