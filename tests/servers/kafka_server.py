@@ -7,14 +7,12 @@ new topic ids (new Fanline epochs).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
 import subprocess
-import threading
+import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +112,7 @@ class Server:
         # memory engine accepts a produce to a topic that does not exist yet
         # and then cannot serve those records (docs/brokers/kafka.md); a
         # node's producer reconnecting in that instant would hit it.
-        self._run(self._create_topic(TOPIC, DEFAULT_PARTITIONS))
+        self._create_topic(TOPIC, DEFAULT_PARTITIONS)
 
     def lose_data(self) -> None:
         """Memory storage: a restart is a broker that lost every topic."""
@@ -130,50 +128,37 @@ class Server:
     def raw_publish(self, channel: str, data: bytes, event: str | None = None, topic: str = TOPIC) -> None:
         """Publish as a foreign application would (docs/brokers/kafka.md), not through Fanline.
 
-        Runs its own event loop in a thread, so it works from sync and async tests alike.
+        A plain aiokafka producer in a child process: no thread or event
+        loop of the caller is involved, so it works from sync and async
+        tests, and also after locust (imported by the loadtest smoke test)
+        has monkey-patched threading.
         """
-        self._run(self._raw_publish(channel, data, event, topic))
+        cmd = [sys.executable, "-c", _RAW_PUBLISH, self.address, topic, channel, event or ""]
+        done = subprocess.run(cmd, input=data, capture_output=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"raw publish failed: {done.stderr.decode(errors='replace')[-2000:]}")
 
-    @staticmethod
-    def _run(coro: Coroutine[Any, Any, None]) -> None:
-        """Run a coroutine on its own loop in a thread, so sync and async tests can call us."""
-        errors: list[BaseException] = []
+    def _create_topic(self, topic: str, partitions: int) -> None:
+        cmd = [tansu_binary(), "topic", "create", "--broker", f"tcp://{self.address}", "--partitions", str(partitions), topic]
+        done = subprocess.run(cmd, capture_output=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"tansu topic create failed: {done.stderr.decode(errors='replace')[-2000:]}")
 
-        def run() -> None:
-            try:
-                asyncio.run(coro)
-            except BaseException as exc:  # handed to the caller's thread
-                errors.append(exc)
 
-        thread = threading.Thread(target=run, name="kafka-test-client")
-        thread.start()
-        thread.join(30)
-        if thread.is_alive():
-            raise TimeoutError("kafka test client did not finish in 30 s")
-        if errors:
-            raise errors[0]
+# The default partitioner is murmur2 of the key, like Java's, so the record
+# lands in the partition Fanline reads for this channel.
+_RAW_PUBLISH = """
+import asyncio, sys
+from aiokafka import AIOKafkaProducer
 
-    async def _create_topic(self, topic: str, partitions: int) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+async def main(address, topic, channel, event, data):
+    producer = AIOKafkaProducer(bootstrap_servers=address, acks="all", request_timeout_ms=5000)
+    await producer.start()
+    try:
+        headers = [("fanline-event", event.encode())] if event else []
+        await asyncio.wait_for(producer.send_and_wait(topic, value=data, key=channel.encode(), headers=headers), 10)
+    finally:
+        await producer.stop()
 
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.address, request_timeout_ms=5000)
-        await admin.start()
-        try:
-            async with asyncio.timeout(10):
-                await admin.create_topics([NewTopic(topic, partitions, 1)])
-        finally:
-            await admin.close()
-
-    async def _raw_publish(self, channel: str, data: bytes, event: str | None, topic: str) -> None:
-        from aiokafka import AIOKafkaProducer
-
-        # The default partitioner is murmur2 of the key, like Java's: the
-        # record lands in the partition Fanline reads for this channel.
-        producer = AIOKafkaProducer(bootstrap_servers=self.address, acks="all", request_timeout_ms=5000)
-        await producer.start()
-        try:
-            headers = [("fanline-event", event.encode())] if event else []
-            async with asyncio.timeout(10):
-                await producer.send_and_wait(topic, value=data, key=channel.encode(), headers=headers)
-        finally:
-            await producer.stop()
+asyncio.run(main(*sys.argv[1:5], sys.stdin.buffer.read()))
+"""
