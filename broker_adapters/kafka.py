@@ -216,6 +216,9 @@ class KafkaBroker(Broker):
             await self._close_clients()
             if isinstance(exc, asyncio.CancelledError):
                 raise
+            if self.idempotent and isinstance(exc, kafka_errors.UnknownError):
+                # Tansu 0.6 (memory storage) answers InitProducerId this way.
+                raise BrokerError("the Kafka broker refused an idempotent producer; set idempotent=false") from exc
             raise _unavailable("cannot connect to Kafka", exc) from exc
         self._started = True
         self._available = True
