@@ -211,13 +211,15 @@ class Hub:
         try:
             assert state.ready is not None
             await asyncio.shield(state.ready)
-            while True:
+            for _ in range(5):
                 generation = state.generation
                 history = await self.broker.history(
                     channel, None if since is None else since.offset, self.replay_limit + 1
                 )
                 if state.generation == generation:
                     break
+            else:
+                raise BrokerError("live delivery keeps skipping on this channel; try again")
         except BaseException:
             self._remove(state, subscription)
             raise
@@ -340,7 +342,9 @@ class Hub:
     def _fan_out(self, state: ChannelState, publication: Publication) -> None:
         state.last = publication.position
         delivery = Delivery(publication)
-        for subscription in list(state.subscribers):
+        # No copy of the subscriber set: delivering never unsubscribes (a
+        # connection that overflows is closed later, by its own handler).
+        for subscription in state.subscribers:
             subscription.deliver(delivery)
 
     def on_resync(self, channels: Iterable[str] | None) -> None:
