@@ -50,8 +50,12 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
 class LocalNode:
     """``python -m node node`` on free loopback ports, optionally pinned to one CPU."""
 
-    def __init__(self, broker: str = "memory://", flags: list[str] | None = None, cpu: int | None = None) -> None:
+    def __init__(
+        self, broker: str = "memory://", flags: list[str] | None = None, cpu: int | None = None, module: str = "node"
+    ) -> None:
         self.broker = broker
+        # The module run with ``-m``; an experiment can wrap the node's CLI.
+        self.module = module
         self.flags = flags or []
         self.cpu = cpu
         self.port = free_port()
@@ -65,7 +69,7 @@ class LocalNode:
 
     def start(self, timeout: float = 20.0) -> LocalNode:
         cmd = [
-            sys.executable, "-m", "node", "node",
+            sys.executable, "-m", self.module, "node",
             "--port", str(self.port),
             "--internal-port", str(self.internal_port),
             "--broker", self.broker,
@@ -106,10 +110,13 @@ class LocalNode:
         assert self.proc is not None
         return self.proc.pid
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of the node process (all its threads)."""
+    def cpu_times(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the node process (all its threads)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_times())
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

@@ -80,10 +80,12 @@ def start_py_spy(py_spy: str, pid: int, seconds: float, output: Path) -> subproc
 
 
 async def drive(args: argparse.Namespace, py_spy: str) -> int:
-    with LocalNode("memory://", node_flags(args.subscribers, args.write_batch), cpu=NODE_CPU) as node:
+    flags = node_flags(args.subscribers, args.write_batch)
+    with LocalNode("memory://", flags, cpu=NODE_CPU, module=args.node_module) as node:
         totals = Totals()
         clients = await open_clients(args.transport, "127.0.0.1", node.port, args.subscribers, [CHANNEL], totals)
-        stem = f"profile-{args.transport}-n{args.subscribers}-pb{args.publish_batch}-wb{args.write_batch}"
+        variant = "" if args.node_module == "node" else "-" + args.node_module.rsplit(".", 1)[-1]
+        stem = f"profile-{args.transport}-n{args.subscribers}-pb{args.publish_batch}-wb{args.write_batch}{variant}"
         raw = RESULTS / f"{stem}.collapsed.txt"
         spy = start_py_spy(py_spy, node.pid, args.seconds, raw)
         await asyncio.sleep(0.5)
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish-batch", type=int, default=1)
     parser.add_argument("--write-batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--node-module", default="node", help="module run as the node (an experiment may wrap it)")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not os.path.exists(py_spy):
