@@ -10,6 +10,13 @@ Each module ``<kind>_server.py`` defines a ``Server`` class with this shape:
 - ``lose_data()``: destroy the broker's data the way an operator or a crash
   would (FLUSHALL, stream deleted, topic recreated), so streams get a new epoch.
 
+Optional hooks, used where present:
+
+- ``raw_publish(channel, data)``: publish with the broker's own client,
+  exactly as docs/brokers/<kind>.md tells a Go, Node or Java application to;
+- ``restart_keeps_data``: whether ``kill()`` then ``restart()`` keeps the
+  streams (tests/test_broker_faults.py has a default per kind).
+
 :func:`available_kinds` lists the kinds whose server module imports, so an
 adapter's tests join the shared suites by adding their module alone.
 """
