@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -44,7 +45,29 @@ def http_status(url: str, timeout: float = 1.0) -> int | None:
         return None
 
 
-class NodeProcess:
+class ChildProcess:
+    """A process a test owns and may crash on purpose."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to say goodbye, as in a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop_process(self) -> None:
+        """SIGTERM, and SIGKILL if it does not exit within 10 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class NodeProcess(ChildProcess):
     """One Fanline node in a child process."""
 
     def __init__(self, broker: str = "memory://", *flags: str, env: dict[str, str] | None = None) -> None:
@@ -119,12 +142,6 @@ class NodeProcess:
                 return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
-    def kill(self) -> None:
-        """SIGKILL: the node gets no chance to say goodbye."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait for exit; return the exit code."""
         assert self.proc is not None
@@ -133,13 +150,7 @@ class NodeProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.stop_process()
         if getattr(self, "_log", None):
             self._log.close()
 

@@ -31,7 +31,7 @@ from broker_adapters.publisher import Publisher
 
 from .clients import WSClient
 from .processes import NodeProcess, http_status, wait_for
-from .servers import available_kinds, server_class
+from .servers import available_kinds, running
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +40,8 @@ RESTART_KEEPS_DATA = {"redis": True, "nats": True, "kafka": False}
 
 @pytest.fixture(scope="module", params=available_kinds(include_memory=False))
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
-    cls = server_class(request.param)
-    assert cls is not None
-    instance = cls()
-    instance.start()
-    yield instance
-    instance.stop()
+    with running(request.param) as instance:
+        yield instance
 
 
 @pytest.fixture(scope="module")

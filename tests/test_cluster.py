@@ -21,19 +21,15 @@ from broker_adapters.publisher import Publisher
 
 from .clients import SSEClient, WSClient, publish
 from .processes import NodeProcess
-from .servers import available_kinds, server_class
+from .servers import available_kinds, running
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=available_kinds(include_memory=False))
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
-    cls = server_class(request.param)
-    assert cls is not None
-    instance = cls()
-    instance.start()
-    yield instance
-    instance.stop()
+    with running(request.param) as instance:
+        yield instance
 
 
 @pytest.fixture(scope="module")

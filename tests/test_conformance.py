@@ -9,54 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from broker_adapters import Broker, Publication, open_broker
+from broker_adapters import Broker
 from broker_adapters.types import encode_data
 
-from .servers import available_kinds, server_class
+from .listener import Recorder, open_started
+from .servers import available_kinds, running
 
 _names = itertools.count()
 
 
-class Recorder:
-    """A BrokerListener that remembers what it was told."""
-
-    def __init__(self) -> None:
-        self.publications: list[Publication] = []
-        self.resyncs: list[list[str] | None] = []
-        self.availability: list[bool] = []
-        self.arrived = asyncio.Event()
-
-    def on_publication(self, publication: Publication) -> None:
-        self.publications.append(publication)
-        self.arrived.set()
-
-    def on_resync(self, channels: Iterable[str] | None) -> None:
-        self.resyncs.append(None if channels is None else list(channels))
-
-    def on_availability(self, available: bool) -> None:
-        self.availability.append(available)
-
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Publication]:
-        async with asyncio.timeout(timeout):
-            while len(self.publications) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.publications
-
-
 @pytest.fixture(scope="module", params=available_kinds())
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
-    cls = server_class(request.param)
-    assert cls is not None
-    instance = cls()
-    instance.start()
-    yield instance
-    instance.stop()
+    with running(request.param) as instance:
+        yield instance
 
 
 @pytest.fixture
@@ -64,15 +34,9 @@ def name() -> str:
     return f"conf.c{next(_names)}"
 
 
-async def _open(url: str, listener: Recorder | None = None) -> Broker:
-    broker = open_broker(url)
-    await broker.start(listener or Recorder())
-    return broker
-
-
 @pytest.fixture
 async def broker(server: Any) -> AsyncIterator[Broker]:
-    broker = await _open(server.url())
+    broker = await open_started(server.url())
     yield broker
     await broker.close()
 
@@ -122,7 +86,7 @@ async def test_channels_are_independent_streams(broker: Broker, name: str) -> No
 
 async def test_live_delivery_in_order_after_subscribe(server: Any, name: str) -> None:
     listener = Recorder()
-    broker = await _open(server.url(), listener)
+    broker = await open_started(server.url(), listener)
     try:
         await broker.subscribe(name)
         published = [await broker.publish(name, encode_data(i)) for i in range(20)]
@@ -141,8 +105,8 @@ async def test_one_nodes_publication_reaches_another_node(server: Any, name: str
     if server.kind == "memory":
         pytest.skip("the embedded broker has one node by definition")
     listener = Recorder()
-    receiver = await _open(server.url(), listener)
-    sender = await _open(server.url())
+    receiver = await open_started(server.url(), listener)
+    sender = await open_started(server.url())
     try:
         await receiver.subscribe(name)
         sent = await sender.publish(name, encode_data({"from": "sender"}))
@@ -154,7 +118,7 @@ async def test_one_nodes_publication_reaches_another_node(server: Any, name: str
 
 
 async def test_trimmed_history_is_reported_incomplete(server: Any, name: str) -> None:
-    broker = await _open(server.url(history_size=5))
+    broker = await open_started(server.url(history_size=5))
     try:
         published = [await broker.publish(name, encode_data(i)) for i in range(12)]
         history = await broker.history(name, published[1].offset, 100)
@@ -166,7 +130,7 @@ async def test_trimmed_history_is_reported_incomplete(server: Any, name: str) ->
 
 
 async def test_expired_history_is_reported_incomplete(server: Any, name: str) -> None:
-    broker = await _open(server.url(history_ttl=1))
+    broker = await open_started(server.url(history_ttl=1))
     try:
         first = await broker.publish(name, encode_data("old"))
         await asyncio.sleep(2.2)
@@ -182,7 +146,7 @@ async def test_expired_history_is_reported_incomplete(server: Any, name: str) ->
 async def test_losing_the_brokers_data_starts_a_new_epoch(server: Any, name: str) -> None:
     if server.kind == "memory":
         pytest.skip("covered by restarting a node (tests/test_resume.py)")
-    broker = await _open(server.url())
+    broker = await open_started(server.url())
     try:
         before = await broker.publish(name, encode_data("before"))
         server.lose_data()

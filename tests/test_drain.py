@@ -18,7 +18,7 @@ import websockets
 
 from .clients import SSEClient, WSClient
 from .processes import NodeProcess
-from .servers import server_class
+from .servers import running
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +28,8 @@ EVENTS = 120
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[Any]:
-    cls = server_class("redis")
-    if cls is None:
-        pytest.skip("needs tests/servers/redis_server.py")
-    server = cls()
-    server.start()
-    yield server
-    server.stop()
+    with running("redis") as server:
+        yield server
 
 
 async def _ws_client(a: NodeProcess, b: NodeProcess, channel: str, ready: asyncio.Event) -> tuple[list[int], list[Any]]:

@@ -20,18 +20,17 @@ from broker_adapters import BrokerUnavailable, open_broker
 from broker_adapters.kafka import KafkaBroker, partition_for
 from broker_adapters.types import encode_data
 
+from .listener import Recorder
+from .servers import running
 from .servers.kafka_server import Server
-from .test_conformance import Recorder
 
 _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    instance = Server()
-    instance.start()
-    yield instance
-    instance.stop()
+    with running("kafka") as instance:
+        yield instance
 
 
 @pytest.fixture

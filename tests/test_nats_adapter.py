@@ -18,19 +18,18 @@ from broker_adapters import Broker, BrokerUnavailable, open_broker
 from broker_adapters.nats import URL_OPTIONS
 from broker_adapters.types import encode_data
 
+from .listener import Recorder, open_started
 from .processes import ROOT, free_port
+from .servers import running
 from .servers.nats_server import Server
-from .test_conformance import Recorder
 
 _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    instance = Server()
-    instance.start()
-    yield instance
-    instance.stop()
+    with running("nats") as instance:
+        yield instance
 
 
 @pytest.fixture
@@ -38,15 +37,9 @@ def name() -> str:
     return f"nats.c{next(_names)}"
 
 
-async def _open(url: str, listener: Recorder | None = None) -> Broker:
-    broker = open_broker(url)
-    await broker.start(listener or Recorder())
-    return broker
-
-
 @pytest.fixture
 async def broker(server: Server) -> AsyncIterator[Broker]:
-    broker = await _open(server.url())
+    broker = await open_started(server.url())
     yield broker
     await broker.close()
 
@@ -110,7 +103,7 @@ async def _wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> N
 
 async def test_native_publisher_following_the_docs_is_live_and_resumable(server: Server, name: str) -> None:
     listener = Recorder()
-    broker = await _open(server.url(), listener)
+    broker = await open_started(server.url(), listener)
     try:
         await broker.subscribe(name)
         first = await broker.publish(name, encode_data("from fanline"))
@@ -153,7 +146,7 @@ async def test_a_position_only_fits_its_own_channel(broker: Broker, name: str) -
 
 
 async def test_concurrent_publishers_on_one_channel_keep_history_complete(server: Server, name: str) -> None:
-    brokers = [await _open(server.url()) for _ in range(3)]
+    brokers = [await open_started(server.url()) for _ in range(3)]
     try:
         results = await asyncio.gather(
             *(b.publish(name, encode_data(f"{i}:{n}")) for n in range(10) for i, b in enumerate(brokers))
@@ -178,8 +171,8 @@ async def test_start_fails_fast_when_nats_is_down() -> None:
 
 async def test_deleted_stream_while_subscribed_gives_a_new_epoch_live(server: Server, name: str) -> None:
     listener = Recorder()
-    receiver = await _open(server.url(), listener)
-    sender = await _open(server.url())
+    receiver = await open_started(server.url(), listener)
+    sender = await open_started(server.url())
     try:
         await receiver.subscribe(name)
         before = await sender.publish(name, encode_data("before"))
@@ -207,8 +200,8 @@ async def test_partition_is_reported_and_history_fills_the_gap(server: Server, n
     proxy = Proxy(server.port)
     await proxy.start()
     listener = Recorder()
-    receiver = await _open(f"nats://127.0.0.1:{proxy.port}?reconnect_wait=0.2&timeout=2", listener)
-    sender = await _open(server.url())
+    receiver = await open_started(f"nats://127.0.0.1:{proxy.port}?reconnect_wait=0.2&timeout=2", listener)
+    sender = await open_started(server.url())
     try:
         await receiver.subscribe(name)
         seen = await sender.publish(name, encode_data("seen"))
@@ -234,7 +227,7 @@ async def test_partition_is_reported_and_history_fills_the_gap(server: Server, n
 
 async def test_killed_server_comes_back_with_history_and_live_delivery(server: Server, name: str) -> None:
     listener = Recorder()
-    broker = await _open(server.url(reconnect_wait=0.2, timeout=2), listener)
+    broker = await open_started(server.url(reconnect_wait=0.2, timeout=2), listener)
     try:
         await broker.subscribe(name)
         before = [await broker.publish(name, encode_data(i)) for i in range(3)]

@@ -16,18 +16,13 @@ import pytest
 
 from .clients import WSClient, publish
 from .processes import NodeProcess
-from .servers import server_class
+from .servers import running
 
 
 @pytest.fixture(scope="module")
 def redis_server() -> Iterator[Any]:
-    cls = server_class("redis")
-    if cls is None:
-        pytest.skip("needs tests/servers/redis_server.py")
-    server = cls()
-    server.start()
-    yield server
-    server.stop()
+    with running("redis") as server:
+        yield server
 
 
 async def test_a_publication_whose_broadcast_was_lost_is_delivered_by_the_stream_check(

@@ -23,8 +23,12 @@ adapter's tests join the shared suites by adding their module alone.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Any, Protocol
+
+import pytest
 
 
 class BrokerServer(Protocol):
@@ -80,3 +84,17 @@ def server_class(kind: str) -> type[Any] | None:
 def available_kinds(include_memory: bool = True) -> list[str]:
     kinds = (["memory"] if include_memory else []) + list(NETWORKED)
     return [k for k in kinds if server_class(k) is not None]
+
+
+@contextlib.contextmanager
+def running(kind: str) -> Iterator[Any]:
+    """A started server of ``kind``, stopped afterwards; skips if the kind has no server module."""
+    cls = server_class(kind)
+    if cls is None:
+        pytest.skip(f"needs tests/servers/{kind}_server.py")
+    server = cls()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

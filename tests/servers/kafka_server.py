@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..processes import free_port, wait_for
+from ..processes import ChildProcess, free_port, wait_for
 
 TOPIC = "fanline"
 DEFAULT_PARTITIONS = 4
@@ -45,7 +45,7 @@ def _accepts(port: int) -> bool:
         return False
 
 
-class Server:
+class Server(ChildProcess):
     kind = "kafka"
 
     def __init__(self) -> None:
@@ -88,18 +88,7 @@ class Server:
             return ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.stop_process()
 
     def restart(self) -> None:
         self.kill()

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import nats
 import nats.js.errors
 
-from ..processes import free_port, http_status, wait_for
+from ..processes import ChildProcess, free_port, http_status, wait_for
 
 T = TypeVar("T")
 
@@ -90,7 +90,7 @@ async def documented_publish(nc: Any, channel: str, data: bytes, event: str | No
     raise AssertionError("unreachable: the last attempt is unconditional")
 
 
-class Server:
+class Server(ChildProcess):
     kind = "nats"
 
     def __init__(self) -> None:
@@ -126,11 +126,6 @@ class Server:
 
         wait_for(ready, timeout=20, what="nats-server")
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
     def restart(self) -> None:
         self.kill()
         for attempt in range(5):
@@ -144,13 +139,7 @@ class Server:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.stop_process()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, **options: Any) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from ..processes import ROOT, free_port, wait_for
+from ..processes import ROOT, ChildProcess, free_port, wait_for
 
 DOCS = ROOT / "docs" / "brokers" / "redis.md"
 
@@ -46,7 +46,7 @@ def documented_publish_script() -> str:
     return match.group(1)
 
 
-class Server:
+class Server(ChildProcess):
     kind = "redis"
 
     def __init__(self) -> None:
@@ -85,11 +85,6 @@ class Server:
 
         wait_for(ready, timeout=20, what="redis-server")
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
     def restart(self) -> None:
         self.kill()
         # The port is ours until someone else grabs it; retry briefly if the
@@ -104,13 +99,7 @@ class Server:
                 time.sleep(0.5)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        self.stop_process()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def lose_data(self) -> None:
