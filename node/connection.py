@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 from broker_adapters.types import Position
 
+from .direct import DirectWrite
 from .hub import Delivery, Subscription
 from .outbox import Outbox, T
 from .protocol import CloseCode, ResetReason
@@ -47,7 +48,11 @@ def transport_of(send: Send) -> asyncio.BaseTransport | None:
     """
     owner = getattr(send, "__self__", None)
     transport = getattr(owner, "transport", None)
-    return transport if isinstance(transport, asyncio.BaseTransport) else None
+    # uvloop's transports are not asyncio.BaseTransport subclasses: look for
+    # the methods rather than the class.
+    if all(callable(getattr(transport, name, None)) for name in ("write", "abort", "is_closing", "get_extra_info")):
+        return transport  # type: ignore[no-any-return]
+    return None
 
 
 def _set_user_timeout(transport: asyncio.BaseTransport, seconds: float) -> None:
@@ -84,6 +89,10 @@ class Connection(abc.ABC, Generic[T]):
         self.closing: tuple[int, str] | None = None
         # How long the client should wait before reconnecting, when we close it.
         self.reconnect_after_ms = node.settings.sse_retry_ms
+        # Set by the endpoint once the handshake is done (see node.direct).
+        self.direct: DirectWrite | None = None
+        # True while the writer task has a batch out of the outbox and not yet written.
+        self.writing = False
         metrics = node.metrics
         self._events_out = metrics.events_out.labels(self.transport_name)
         self._bytes_out = metrics.bytes_out.labels(self.transport_name)
@@ -91,7 +100,17 @@ class Connection(abc.ABC, Generic[T]):
 
     # -- what the hub calls --------------------------------------------------------
 
+    def _direct_ok(self) -> bool:
+        """Can bytes go to the socket now, without overtaking anything queued?"""
+        return self.direct is not None and self.closing is None and not self.writing and not self.outbox
+
     def push(self, subscription: Subscription, delivery: Delivery) -> None:
+        if self._direct_ok():
+            data = self.wire_event(subscription, delivery)
+            assert self.direct is not None
+            if self.direct(data):
+                self.count_written(1, len(data))
+                return
         item = self.encode_event(subscription, delivery)
         outbox = self.outbox
         # While a channel is conflated, its newer events replace the held one,
@@ -103,13 +122,17 @@ class Connection(abc.ABC, Generic[T]):
             self.overflow(subscription, item)
 
     def push_reset(self, subscription: Subscription, position: Position, reason: str) -> None:
-        outbox = self.outbox
-        outbox.latest.pop(subscription.channel, None)
-        if not outbox.put(self.encode_reset(subscription, position, reason)):
-            self.slow_consumer("disconnect", "outbox full")
+        self.outbox.latest.pop(subscription.channel, None)
+        self.queue(self.encode_reset(subscription, position, reason))
 
     def queue(self, item: T) -> None:
-        """Queue a control message (a reply, a heartbeat)."""
+        """Send a control message (a reply, a reset, a heartbeat) after everything before it."""
+        if self._direct_ok():
+            data = self.wire(item)
+            assert self.direct is not None
+            if self.direct(data):
+                self.count_written(1, len(data))
+                return
         if not self.outbox.put(item):
             self.slow_consumer("disconnect", "outbox full")
 
@@ -141,6 +164,14 @@ class Connection(abc.ABC, Generic[T]):
 
     @abc.abstractmethod
     def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> T: ...
+
+    @abc.abstractmethod
+    def wire(self, item: T) -> bytes:
+        """One queued message as the bytes the socket carries."""
+
+    @abc.abstractmethod
+    def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
+        """An event as socket bytes, shared between subscribers where the transport allows."""
 
     @abc.abstractmethod
     async def write(self, batch: list[T]) -> None:
@@ -204,9 +235,13 @@ class Connection(abc.ABC, Generic[T]):
                 batch = await self.outbox.take(limit)
                 if not batch:
                     break
+                # No await between take() and here: pushes see either a
+                # non-empty outbox or a write in flight, never neither.
+                self.writing = True
                 try:
                     async with asyncio.timeout(timeout):
                         await self.write(batch)
+                    self.writing = False
                 except TimeoutError:
                     # Whatever the channel's policy, a write stuck this long
                     # means the client is not reading at all.

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from broker_adapters.base import Broker, BrokerError, BrokerUnavailable
 from broker_adapters.types import Position, Publication
 
+from .direct import sse_chunk, websocket_frame
 from .metrics import Metrics
 from .protocol import ResetReason, event_frame
 
@@ -43,13 +44,15 @@ class Delivery:
     take the encoding they need.
     """
 
-    __slots__ = ("publication", "_text", "_sse_body", "_sse_frame")
+    __slots__ = ("publication", "_text", "_sse_body", "_sse_frame", "_ws_wire", "_sse_wire")
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
         self._text: str | None = None
         self._sse_body: bytes | None = None
         self._sse_frame: bytes | None = None
+        self._ws_wire: bytes | None = None
+        self._sse_wire: bytes | None = None
 
     @property
     def text(self) -> str:
@@ -73,6 +76,20 @@ class Delivery:
         if self._sse_frame is None:
             self._sse_frame = b"id: " + self.publication.position.event_id.encode() + b"\n" + self.sse_body
         return self._sse_frame
+
+    @property
+    def ws_wire(self) -> bytes:
+        """The event as WebSocket frame bytes, ready for the socket (see node.direct)."""
+        if self._ws_wire is None:
+            self._ws_wire = websocket_frame(self.text.encode())
+        return self._ws_wire
+
+    @property
+    def sse_wire(self) -> bytes:
+        """The one-channel SSE event as an HTTP/1.1 chunk, ready for the socket."""
+        if self._sse_wire is None:
+            self._sse_wire = sse_chunk(self.sse_frame)
+        return self._sse_wire
 
 
 class Subscriber(Protocol):

@@ -35,6 +35,10 @@ class Outbox(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def __bool__(self) -> bool:
+        """True while anything waits to be written, conflated messages included."""
+        return bool(self._items) or bool(self.latest)
+
     @property
     def size(self) -> int:
         """Queued length: bytes for SSE, characters for WebSocket text."""

@@ -75,6 +75,11 @@ class Settings:
         "for this long is closed as a slow consumer.",
     )
     write_batch: int = _setting(64, "Most queued messages written to a connection in one frame.")
+    direct_writes: bool = _setting(
+        True,
+        "Write to an idle, unblocked socket straight from the fan-out instead of through the "
+        "connection's writer task (see node/direct.py). Off falls back to the ASGI path only.",
+    )
     slow_consumer_policy: str = _setting(
         "disconnect",
         "What happens to a client whose outbox overflows: disconnect (it resumes on reconnect), "

@@ -20,6 +20,7 @@ from broker_adapters.types import InvalidChannel, InvalidEventId, Position, vali
 
 from .access import Identity, Refusal
 from .connection import Connection, Message, Receive, Send
+from .direct import sse_chunk, sse_writer
 from .hub import Delivery, Subscription
 from .protocol import CloseCode, ErrorCode
 
@@ -39,6 +40,16 @@ class SSEStream(Connection[bytes]):
         self.channels = channels
         # One event id per channel, in URL order; joined they resume the stream.
         self.tokens: list[str] = [""] * len(channels)
+        # Whether the response body goes out in HTTP/1.1 chunks.
+        self.chunked = True
+
+    def wire(self, item: bytes) -> bytes:
+        return sse_chunk(item) if self.chunked else item
+
+    def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
+        if len(self.tokens) == 1:
+            return delivery.sse_wire if self.chunked else delivery.sse_frame
+        return self.wire(self.encode_event(subscription, delivery))
 
     def composite_id(self) -> bytes:
         return ".".join(self.tokens).encode()
@@ -186,6 +197,9 @@ async def _serve(
             ],
         }
     )
+    direct = sse_writer(stream.send) if node.settings.direct_writes else None
+    if direct is not None:
+        stream.direct, stream.chunked = direct
     summary = {}
     for index, outcome in enumerate(outcomes):
         stream.tokens[index] = outcome.position.event_id

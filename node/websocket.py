@@ -18,6 +18,7 @@ from broker_adapters.types import Position
 from . import protocol
 from .access import Refusal
 from .connection import Connection, Message, Receive, Send
+from .direct import websocket_frame, websocket_writer
 from .hub import Delivery, Subscription
 from .protocol import CloseCode, ErrorCode, ProtocolError
 
@@ -63,6 +64,12 @@ class WebSocketSession(Connection[str]):
 
     def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> str:
         return protocol.reset_frame(subscription.channel, position, reason)
+
+    def wire(self, item: str) -> bytes:
+        return websocket_frame(item.encode())
+
+    def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
+        return delivery.ws_wire
 
     async def write(self, batch: list[str]) -> None:
         text = batch[0] if len(batch) == 1 else "\n".join(batch)
@@ -188,6 +195,8 @@ async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send:
         await send({"type": "websocket.close", "code": identity.close_code, "reason": identity.code})
         return
     session = WebSocketSession(node, send, identity)
+    if node.settings.direct_writes:
+        session.direct = websocket_writer(send)
     node.register(session)
     writer = asyncio.create_task(session.write_forever(), name="ws-writer")
     max_bytes = node.settings.max_message_bytes
