@@ -2,8 +2,11 @@
 
 A :class:`Connection` owns its subscriptions, its bounded :class:`Outbox` and
 the writer that drains the outbox to the socket.  The hub pushes into it
-without awaiting; the writer batches whatever has queued up into as few
-writes as possible, each bounded by ``send_timeout``.
+without awaiting.  An idle, unblocked socket is written at once (see
+:mod:`node.direct`); otherwise the message is queued and a writer task,
+started on demand and gone once the queue is empty, batches whatever has
+queued up into as few writes as possible, each bounded by ``send_timeout``.
+An idle connection therefore holds no task of its own.
 
 A connection that cannot keep up is a *slow consumer*: its outbox overflows or
 a write times out.  It is then closed with a documented code (or SSE simply
@@ -76,6 +79,12 @@ def _set_user_timeout(transport: asyncio.BaseTransport, seconds: float) -> None:
 class Connection(abc.ABC, Generic[T]):
     transport_name: ClassVar[str]
 
+    # Slots, not a __dict__: at 100k connections every attribute counts.
+    __slots__ = (
+        "node", "send", "socket", "outbox", "subscriptions", "closing", "reconnect_after_ms", "direct",
+        "writing", "_writer", "_goodbye_said", "_events_out", "_bytes_out", "_frames_out", "__weakref__",
+    )
+
     def __init__(self, node: Node, send: Send) -> None:
         settings = node.settings
         self.node = node
@@ -93,6 +102,8 @@ class Connection(abc.ABC, Generic[T]):
         self.direct: DirectWrite | None = None
         # True while the writer task has a batch out of the outbox and not yet written.
         self.writing = False
+        self._writer: asyncio.Task[None] | None = None
+        self._goodbye_said = False
         metrics = node.metrics
         self._events_out = metrics.events_out.labels(self.transport_name)
         self._bytes_out = metrics.bytes_out.labels(self.transport_name)
@@ -120,6 +131,8 @@ class Connection(abc.ABC, Generic[T]):
             self.node.metrics.slow_consumers.labels("latest").inc()
         elif not outbox.put(item):
             self.overflow(subscription, item)
+            return
+        self._kick()
 
     def push_reset(self, subscription: Subscription, position: Position, reason: str) -> None:
         self.outbox.latest.pop(subscription.channel, None)
@@ -135,6 +148,14 @@ class Connection(abc.ABC, Generic[T]):
                 return
         if not self.outbox.put(item):
             self.slow_consumer("disconnect", "outbox full")
+            return
+        self._kick()
+
+    def _kick(self) -> None:
+        """Make sure a writer is draining the outbox."""
+        writer = self._writer
+        if writer is None or writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
 
     def overflow(self, subscription: Subscription, item: T) -> None:
         """The outbox is full: apply the channel's slow-consumer policy."""
@@ -142,6 +163,7 @@ class Connection(abc.ABC, Generic[T]):
         if policy == "latest":
             self.outbox.put_latest(subscription.channel, item)
             self.node.metrics.slow_consumers.labels("latest").inc()
+            self._kick()
         elif policy == "reset":
             self.slow_consumer("reset", "outbox full")
             dropped = self.outbox.clear()
@@ -183,15 +205,20 @@ class Connection(abc.ABC, Generic[T]):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str, flush: bool = False) -> None:
-        """Ask the writer to stop and say goodbye.  Safe to call more than once.
+    def close(self, code: int, reason: str, flush: bool = False, goodbye: bool = True) -> None:
+        """Stop sending and say goodbye.  Safe to call more than once.
 
         ``flush`` writes what is already queued first; otherwise it is dropped
-        (a slow consumer's backlog, or a client that is gone).
+        (a slow consumer's backlog).  ``goodbye=False`` when the client is
+        already gone and nobody is left to tell.
         """
         if self.closing is None:
             self.closing = (code, reason)
             self.outbox.close(discard=not flush)
+            if goodbye:
+                self._kick()
+            else:
+                self._goodbye_said = True
 
     def drain(self, reconnect_after_ms: int) -> None:
         """Close because the node drains; the client should reconnect elsewhere."""
@@ -225,30 +252,31 @@ class Connection(abc.ABC, Generic[T]):
             if abort is not None:
                 abort()
 
-    async def write_forever(self) -> None:
-        """The writer: drain the outbox until the connection closes."""
+    async def _write_pending(self) -> None:
+        """The writer: drain the outbox, then say goodbye if the connection is closing."""
         settings = self.node.settings
         limit = settings.write_batch
         timeout = settings.send_timeout
         try:
-            while True:
-                batch = await self.outbox.take(limit)
-                if not batch:
-                    break
+            while self.outbox:
+                batch = self.outbox.take(limit)
                 # No await between take() and here: pushes see either a
                 # non-empty outbox or a write in flight, never neither.
                 self.writing = True
                 try:
                     async with asyncio.timeout(timeout):
                         await self.write(batch)
-                    self.writing = False
                 except TimeoutError:
                     # Whatever the channel's policy, a write stuck this long
                     # means the client is not reading at all.
                     self.slow_consumer("disconnect", f"write blocked for {timeout}s")
+                    self._goodbye_said = True
                     self.abort()
                     return
-            if self.closing is not None:
+                finally:
+                    self.writing = False
+            if self.closing is not None and not self._goodbye_said:
+                self._goodbye_said = True
                 code, reason = self.closing
                 try:
                     async with asyncio.timeout(timeout):
@@ -257,7 +285,19 @@ class Connection(abc.ABC, Generic[T]):
                     self.abort()
         except OSError:
             # The client went away mid-write (uvicorn's ClientDisconnected).
-            self.close(1006, "client disconnected")
+            self.close(1006, "client disconnected", goodbye=False)
+
+    async def finish(self) -> None:
+        """Close (if not yet) and wait for the writer to flush and say goodbye."""
+        if self.closing is None:
+            self.close(1000, "")
+        try:
+            while self._writer is not None and not self._writer.done():
+                await asyncio.shield(self._writer)
+        finally:
+            if self._writer is not None and not self._writer.done():
+                self._writer.cancel()
+                await asyncio.gather(self._writer, return_exceptions=True)
 
     def count_written(self, events: int, size: int) -> None:
         self._events_out.inc(events)
@@ -266,7 +306,7 @@ class Connection(abc.ABC, Generic[T]):
 
     def release(self) -> None:
         """Unsubscribe everything; called once when the connection has ended."""
-        self.close(1006, "connection ended")
+        self.close(1006, "connection ended", goodbye=False)
         hub = self.node.hub
         for subscription in self.subscriptions.values():
             hub.unsubscribe(subscription)

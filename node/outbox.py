@@ -12,7 +12,6 @@ That side table is bounded by the connection's subscription limit.
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from typing import Generic, TypeVar
 
@@ -20,20 +19,21 @@ T = TypeVar("T", str, bytes)
 
 
 class Outbox(Generic[T]):
-    __slots__ = ("_items", "_size", "max_messages", "max_bytes", "_waiter", "closed", "latest")
+    __slots__ = ("_items", "_size", "max_messages", "max_bytes", "closed", "latest")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
-        self._items: deque[T] = deque()
+        # Allocated on first use: with direct writes most connections never
+        # queue anything, and an empty deque still costs a block of memory.
+        self._items: deque[T] | None = None
         self._size = 0
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._waiter: asyncio.Future[None] | None = None
         self.closed = False
         # Conflated messages by channel, written after the queue.
         self.latest: dict[str, T] = {}
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items else 0
 
     def __bool__(self) -> bool:
         """True while anything waits to be written, conflated messages included."""
@@ -46,14 +46,16 @@ class Outbox(Generic[T]):
 
     def put(self, item: T) -> bool:
         """Queue ``item``; False (and nothing queued) if a bound would be crossed."""
-        size = len(item)
         if self.closed:
             return True  # the connection is going away; nothing to deliver to
-        if len(self._items) >= self.max_messages or self._size + size > self.max_bytes:
+        items = self._items
+        if items is None:
+            items = self._items = deque()
+        size = len(item)
+        if len(items) >= self.max_messages or self._size + size > self.max_bytes:
             return False
-        self._items.append(item)
+        items.append(item)
         self._size += size
-        self._wake()
         return True
 
     def put_latest(self, key: str, item: T) -> bool:
@@ -62,44 +64,28 @@ class Outbox(Generic[T]):
             return False
         replaced = key in self.latest
         self.latest[key] = item
-        self._wake()
         return replaced
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     def clear(self) -> int:
         """Drop everything queued; return how many messages were dropped."""
-        dropped = len(self._items) + len(self.latest)
-        self._items.clear()
+        dropped = len(self) + len(self.latest)
+        self._items = None
         self.latest.clear()
         self._size = 0
         return dropped
 
     def close(self, discard: bool = True) -> None:
-        """Accept nothing more; :meth:`take` returns an empty batch once empty.
-
-        ``discard=False`` keeps what is queued so the writer can still flush it
-        (a drain message before the close, say).
-        """
+        """Accept nothing more.  ``discard=False`` keeps what is queued for a last flush."""
         self.closed = True
         if discard:
             self.clear()
-        self._wake()
 
-    async def take(self, limit: int) -> list[T]:
-        """Wait for at least one message, then return up to ``limit`` of them."""
-        while not self._items and not self.latest:
-            if self.closed:
-                return []
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
+    def take(self, limit: int) -> list[T]:
+        """Up to ``limit`` queued messages, oldest first (empty when nothing waits)."""
         items = self._items
-        if len(items) <= limit:
+        if not items:
+            batch: list[T] = []
+        elif len(items) <= limit:
             batch = list(items)
             items.clear()
             self._size = 0

@@ -34,6 +34,7 @@ KEEPALIVE = b": keepalive\n\n"
 
 class SSEStream(Connection[bytes]):
     transport_name = "sse"
+    __slots__ = ("channels", "tokens", "chunked")
 
     def __init__(self, node: Node, send: Send, channels: list[str]) -> None:
         super().__init__(node, send)
@@ -153,14 +154,16 @@ async def sse_endpoint(node: Node, scope: Message, receive: Receive, send: Send)
             return
     stream = SSEStream(node, send, channels)
     node.register(stream)
-    deadline = node.access.deadline(identity)
-    watcher = asyncio.create_task(_watch_disconnect(stream, receive, deadline), name="sse-disconnect")
     try:
-        await _serve(node, stream, identity, positions, cors=node.access.cors_headers(scope))
+        if await _serve(node, stream, identity, positions, cors=node.access.cors_headers(scope)):
+            # The request task itself waits for the client to go away (or the
+            # stream to end: a finished response makes receive() return too);
+            # writing happens from the fan-out or an on-demand writer.
+            await _watch_disconnect(stream, receive, node.access.deadline(identity))
+        await stream.finish()
     finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
         stream.release()
+        await stream.finish()
         node.unregister(stream)
 
 
@@ -170,7 +173,8 @@ async def _serve(
     identity: Identity,
     positions: list[Position] | None,
     cors: tuple[tuple[bytes, bytes], ...] = (),
-) -> None:
+) -> bool:
+    """Subscribe every channel and start the stream; False if it could not start."""
     outcomes = []
     try:
         for index, channel in enumerate(stream.channels):
@@ -183,7 +187,8 @@ async def _serve(
             stream.send,
             Refusal(503, ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}", retry_after=2),
         )
-        return
+        stream.close(1011, "broker unavailable", goodbye=False)
+        return False
     await stream.send(
         {
             "type": "http.response.start",
@@ -221,7 +226,7 @@ async def _serve(
         if outcome.reset_reason is not None and outcome.reset_position is not None:
             stream.push_reset(outcome.subscription, outcome.reset_position, outcome.reset_reason)
         node.hub.start_delivery(outcome.subscription)
-    await stream.write_forever()
+    return True
 
 
 async def _watch_disconnect(stream: SSEStream, receive: Receive, deadline: float | None = None) -> None:
@@ -231,7 +236,7 @@ async def _watch_disconnect(stream: SSEStream, receive: Receive, deadline: float
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    stream.close(1006, "client disconnected")
+                    stream.close(1006, "client disconnected", goodbye=False)
                     return
     except TimeoutError:
         stream.close(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED)

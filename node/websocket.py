@@ -30,6 +30,7 @@ log = logging.getLogger("fanline.websocket")
 
 class WebSocketSession(Connection[str]):
     transport_name = "ws"
+    __slots__ = ("identity", "_tokens", "_refilled", "_refused_in_a_row")
 
     def __init__(self, node: Node, send: Send, identity: Any) -> None:
         super().__init__(node, send)
@@ -198,7 +199,6 @@ async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send:
     if node.settings.direct_writes:
         session.direct = websocket_writer(send)
     node.register(session)
-    writer = asyncio.create_task(session.write_forever(), name="ws-writer")
     max_bytes = node.settings.max_message_bytes
     try:
         if identity is None:
@@ -220,6 +220,7 @@ async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send:
                 break
             kind = message["type"]
             if kind == "websocket.disconnect":
+                session.close(CloseCode.NORMAL, "", goodbye=False)
                 break
             if kind != "websocket.receive":
                 continue
@@ -238,15 +239,11 @@ async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send:
                 session.error(ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {max_bytes} bytes")
                 continue
             await session.handle(text)
-        if session.closing is None:
-            session.close(CloseCode.NORMAL, "")
         # Let the writer flush and say goodbye, within its own timeouts.
-        await writer
+        await session.finish()
     finally:
-        if not writer.done():
-            writer.cancel()
-            await asyncio.gather(writer, return_exceptions=True)
         session.release()
+        await session.finish()
         node.unregister(session)
 
 
