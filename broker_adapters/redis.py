@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -68,6 +68,8 @@ class RedisOptions:
     # Seconds a command may take before the broker counts as unreachable.
     command_timeout: float = 5.0
     connect_timeout: float = 2.0
+    # Connections for commands (publish, history); more callers wait.
+    pool_size: int = 64
     # The live connection is pinged this often; silence for three intervals
     # means it is dead, so a half-open connection is noticed in seconds.
     live_ping_interval: float = 1.0
@@ -76,6 +78,8 @@ class RedisOptions:
     def __post_init__(self) -> None:
         if self.history_size < 0 or self.history_ttl <= 0 or self.meta_ttl <= 0:
             raise ValueError("history_size must be >= 0, history_ttl and meta_ttl > 0")
+        if self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
         if not self.prefix or any(c in self.prefix for c in "{} "):
             raise ValueError("prefix must be non-empty, without braces or spaces")
 
@@ -92,13 +96,20 @@ class RedisBroker(Broker):
         # Commands: no automatic retry, because a publish whose reply was lost
         # may have happened; retrying it would publish twice.  The caller
         # (an HTTP client, the hub's resync loop) retries instead.
-        self._client: Redis = Redis.from_url(
+        # A blocking pool: when every connection is busy (a reconnect storm
+        # resuming thousands of clients at once), a command waits for one
+        # instead of failing with "Too many connections" (redis-py's default
+        # pool refuses beyond 100).
+        self._pool = BlockingConnectionPool.from_url(
             self._redis_url,
+            max_connections=self.options.pool_size,
+            timeout=self.options.command_timeout,
             socket_timeout=self.options.command_timeout,
             socket_connect_timeout=self.options.connect_timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._client: Redis = Redis(connection_pool=self._pool)
         self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
         self._history_script = self._client.register_script(HISTORY_SCRIPT)
         self._history_ms = int(self.options.history_ttl * 1000)
@@ -134,6 +145,7 @@ class RedisBroker(Broker):
         self._listener = NullListener()
         try:
             await self._client.aclose()
+            await self._pool.aclose()
         except _REDIS_ERRORS:
             pass
 
@@ -526,6 +538,7 @@ def from_url(url: str) -> RedisBroker:
             "command_timeout": float,
             "connect_timeout": float,
             "live_ping_interval": float,
+            "pool_size": int,
         },
     )
     for key in ("history_ttl", "meta_ttl", "command_timeout", "connect_timeout", "live_ping_interval"):

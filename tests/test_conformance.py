@@ -162,3 +162,11 @@ async def test_losing_the_brokers_data_starts_a_new_epoch(server: Any, name: str
         assert history.top.epoch == after.epoch
     finally:
         await broker.close()
+
+
+async def test_a_reconnect_storm_of_history_reads_all_succeed(broker: Broker, name: str) -> None:
+    # Thousands of clients resuming at once after a node died: every read is
+    # answered (callers may wait for a pooled connection, never fail).
+    published = [await broker.publish(name, encode_data(i)) for i in range(3)]
+    histories = await asyncio.gather(*(broker.history(name, published[0].offset, 10) for _ in range(300)))
+    assert all([p.data for p in h.publications] == ["1", "2"] for h in histories)
