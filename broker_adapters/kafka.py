@@ -47,6 +47,7 @@ from aiokafka.protocol.offset import OffsetRequest
 
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
 from .kafka_metadata import UNKNOWN_TOPIC_OR_PARTITION, TopicMetadataRequest, parse_metadata
+from .tasks import TaskSet
 from .types import History, InvalidEventType, Position, Publication, normalize_data, validate_event_type
 
 log = logging.getLogger("fanline.broker.kafka")
@@ -156,7 +157,7 @@ class KafkaBroker(Broker):
         self._producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None  # history scans, one at a time
         self._live: AIOKafkaConsumer | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet()
         self._started = False
 
         self._layout: _Layout | None = None
@@ -227,11 +228,7 @@ class KafkaBroker(Broker):
         listener.on_availability(True)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         await self._close_clients()
         self._started = False
         self._listener = NullListener()
@@ -251,9 +248,7 @@ class KafkaBroker(Broker):
         self._client = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro, name)
 
     def _new_consumer(self, client_id: str) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -297,9 +292,7 @@ class KafkaBroker(Broker):
         """
         pending = self._layout_refresh
         if pending is None:
-            task = asyncio.create_task(self._fetch_layout(), name="kafka-layout")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = self._tasks.spawn(self._fetch_layout(), "kafka-layout")
             task.add_done_callback(self._refresh_done)
             pending = self._layout_refresh = task
         return await asyncio.shield(pending)

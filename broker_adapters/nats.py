@@ -58,6 +58,7 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RawStreamMsg, RePublish, StorageType, StreamConfig, StreamInfo
 
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
+from .tasks import TaskSet
 from .types import (
     History,
     InvalidEventType,
@@ -255,7 +256,7 @@ class NatsBroker(Broker):
         # expected-last-sequence at the first attempt.
         self._last_seq: OrderedDict[str, int] = OrderedDict()
         self._publish_locks = _KeyedLocks()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._refreshing: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -296,10 +297,7 @@ class NatsBroker(Broker):
         listener.on_availability(True)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await self._close_client(nc)
@@ -318,10 +316,7 @@ class NatsBroker(Broker):
         return ", ".join(urlsplit(s).hostname or "?" for s in self.options.servers)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:

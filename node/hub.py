@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker_adapters.base import Broker, BrokerError, BrokerUnavailable
+from broker_adapters.tasks import TaskSet
 from broker_adapters.types import Position, Publication
 
 from .direct import sse_chunk, websocket_frame
@@ -186,7 +187,7 @@ class Hub:
         self.pending_limit = pending_limit
         self._channels: dict[str, ChannelState] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._contiguous = broker.contiguous_offsets
         self.broker_available = False
         metrics.channels._read = lambda: float(len(self._channels))
@@ -194,16 +195,10 @@ class Hub:
     # -- ownership -----------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     async def close(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         self._channels.clear()
 
     # -- subscribe and resume ----------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from broker_adapters import Broker, open_broker
 from broker_adapters.base import BrokerError
+from broker_adapters.tasks import TaskSet
 
 from .access import AccessPolicy, Identity, Refusal
 from .hub import Hub
@@ -39,7 +40,7 @@ class Node:
         self.access = AccessPolicy(settings)
         self.connections: set[Connection[str] | Connection[bytes]] = set()
         self.draining = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet()
         self._broker_started = False
         self._drain_task: asyncio.Task[None] | None = None
         self._all_closed = asyncio.Event()
@@ -55,22 +56,15 @@ class Node:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         log.info("node starting", extra={"node": self.name, "settings": self.settings.redacted()})
-        self._tasks.append(asyncio.create_task(self._connect_broker(), name="broker-connect"))
-        self._tasks.append(asyncio.create_task(self._heartbeat_forever(), name="heartbeat"))
+        self._tasks.spawn(self._connect_broker(), "broker-connect")
+        self._tasks.spawn(self._heartbeat_forever(), "heartbeat")
         if self.settings.stream_check_interval > 0:
-            self._tasks.append(
-                asyncio.create_task(
-                    self.hub.check_streams_forever(self.settings.stream_check_interval), name="stream-check"
-                )
-            )
+            self._tasks.spawn(self.hub.check_streams_forever(self.settings.stream_check_interval), "stream-check")
 
     async def stop(self) -> None:
         for connection in list(self.connections):
             connection.close(CloseCode.GOING_AWAY, "node stopping")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._tasks.cancel_all()
         await self.hub.close()
         await self.broker.close()
 
@@ -150,8 +144,7 @@ class Node:
             self.draining = True
             self.metrics.draining.set(1.0)
             log.info("drain started", extra={"connections": len(self.connections), "window": self.settings.drain_window})
-            self._drain_task = asyncio.create_task(self._drain(), name="drain")
-            self._tasks.append(self._drain_task)
+            self._drain_task = self._tasks.spawn(self._drain(), "drain")
         return self._drain_task
 
     async def _drain(self) -> None:
