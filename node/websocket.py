@@ -1,8 +1,9 @@
 """The WebSocket endpoint, ``/ws``: a raw ASGI handler around :mod:`node.protocol`.
 
-The ASGI task reads client frames and acts on them one at a time; a writer
-task (owned here, cancelled on exit) drains the outbox.  Queued messages are
-written as one text frame of newline-separated JSON objects.
+The ASGI task reads client frames and acts on them one at a time.  Outgoing
+messages go straight to the socket when it is idle (see :mod:`node.direct`);
+otherwise the connection's on-demand writer sends what has queued up as one
+text frame of newline-separated JSON objects.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class WebSocketSession(Connection[str]):
         self.queue(protocol.HEARTBEAT_FRAME)
 
     def say_draining(self, reconnect_after_ms: int) -> None:
-        self.outbox.put(protocol.drain_frame(reconnect_after_ms))
+        self.queue(protocol.drain_frame(reconnect_after_ms))
 
     async def say_goodbye(self, code: int, reason: str) -> None:
         await self.send({"type": "websocket.close", "code": code, "reason": reason})
