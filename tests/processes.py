@@ -50,6 +50,22 @@ class ChildProcess:
 
     proc: subprocess.Popen[bytes] | None = None
 
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """SIGKILL, then start again on the same port, retrying while the kernel still holds it."""
+        self.kill()
+        for attempt in range(5):
+            try:
+                self.start()
+                return
+            except (RuntimeError, TimeoutError):
+                self.kill()
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+
     def kill(self) -> None:
         """SIGKILL: no chance to say goodbye, as in a crash."""
         if self.proc is not None and self.proc.poll() is None:

@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,18 +124,6 @@ class Server(ChildProcess):
             return http_status(healthz) == 200
 
         wait_for(ready, timeout=20, what="nats-server")
-
-    def restart(self) -> None:
-        self.kill()
-        for attempt in range(5):
-            try:
-                self.start()
-                return
-            except (RuntimeError, TimeoutError):
-                self.kill()
-                if attempt == 4:
-                    raise
-                time.sleep(0.5)
 
     def stop(self) -> None:
         self.stop_process()

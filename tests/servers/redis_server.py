@@ -14,7 +14,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +83,6 @@ class Server(ChildProcess):
                 return False
 
         wait_for(ready, timeout=20, what="redis-server")
-
-    def restart(self) -> None:
-        self.kill()
-        # The port is ours until someone else grabs it; retry briefly if the
-        # kernel still holds it.
-        for attempt in range(5):
-            try:
-                self.start()
-                return
-            except RuntimeError:
-                if attempt == 4:
-                    raise
-                time.sleep(0.5)
 
     def stop(self) -> None:
         self.stop_process()
