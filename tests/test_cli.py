@@ -11,6 +11,7 @@ from node.settings import Settings, SettingsError
 
 from .clients import WSClient
 from .processes import ROOT, NodeProcess
+from .servers import running
 
 
 def fanline(*args: str) -> subprocess.CompletedProcess[str]:
@@ -52,3 +53,14 @@ def test_flags_win_over_environment_which_wins_over_defaults() -> None:
     assert Settings.from_sources([], {}).port == 8000
     with pytest.raises(SettingsError):
         Settings.from_sources([], {"FANLINE_MAX_CONNECTIONS": "lots"})
+
+
+async def test_fanline_publish_straight_to_the_broker_reaches_a_node(channel: str) -> None:
+    with running("redis") as server, NodeProcess(server.url()) as node:
+        client = await WSClient.connect(node.ws_url)
+        await client.subscribe(channel)
+        done = fanline("publish", channel, '{"via": "broker"}', "--broker", server.url())
+        assert done.returncode == 0, done.stderr
+        (event,) = await client.events(1)
+        assert event["id"] == done.stdout.strip() and event["data"] == {"via": "broker"}
+        await client.close()
