@@ -166,6 +166,9 @@ class KafkaBroker(Broker):
         # reconnecting to an empty broker would otherwise write into a topic
         # that does not exist yet (Tansu accepts such writes; see the docs).
         self._verified = False
+        # Admin and producer connections as they were when the layout was last
+        # verified after a publish (see _stamp_layout).
+        self._verified_incarnation: tuple[Any, ...] | None = None
         self._layout_refresh: asyncio.Future[_Layout] | None = None
         self._indexes: dict[int, _KeyIndex] = {}
         # Highest offset our producer got per partition: a lower one proves
@@ -317,6 +320,7 @@ class KafkaBroker(Broker):
             self._live_reset = True
             self._wake.set()
         self._layout = layout
+        self._verified_incarnation = None
         self._indexes.clear()
         self._produced.clear()
 
@@ -378,6 +382,7 @@ class KafkaBroker(Broker):
         partition = partition_for(channel, layout.partitions)
         headers = [(EVENT_HEADER, event.encode())] if event else []
         producer = await self._producer_or_start()
+        before = self._incarnation(producer)
         try:
             async with asyncio.timeout(self.timeout + 1):
                 result = await producer.send_and_wait(
@@ -392,6 +397,7 @@ class KafkaBroker(Broker):
             self._layout_refresh_soon()
             raise _unavailable("kafka publish failed", exc) from exc
         offset = int(result.offset)
+        layout = await self._stamp_layout(producer, before, layout)
         if offset <= self._produced.get(partition, -1):
             # Offsets only grow within one incarnation of a partition.
             layout = await self._refresh_layout()
@@ -409,6 +415,57 @@ class KafkaBroker(Broker):
             event=event,
             time_ms=timestamp,
         )
+
+    # -- incarnations ----------------------------------------------------------------
+    #
+    # A broker that restarts without its data serves a new topic (a new topic
+    # id) under the old name, and its offsets start again.  A record must be
+    # stamped with the epoch of the incarnation that holds it, or one event
+    # id would name two publications (issue 10, bug 4).  Kafka says nothing of
+    # incarnations on a produce or fetch, but a restart breaks every
+    # connection: so an answer is trusted only if it came over the very
+    # connections that were open when the topic's identity was last checked.
+
+    def _incarnation(self, client: AIOKafkaProducer | AIOKafkaConsumer | None) -> tuple[Any, ...] | None:
+        """Identity of the admin connections and ``client``'s, or None if unknown."""
+        admin = _connections(self._client)
+        own = _connections(client)
+        if admin is None or own is None:
+            return None
+        return (admin, own)
+
+    def _check_incarnation(
+        self, seen: tuple[Any, ...] | None, client: AIOKafkaProducer | AIOKafkaConsumer | None, what: str
+    ) -> None:
+        if not _survives(seen, self._incarnation(client)):
+            self._layout_refresh_soon()
+            raise BrokerUnavailable(f"kafka connections changed during a {what}; try again")
+
+    async def _stamp_layout(
+        self, producer: AIOKafkaProducer, before: tuple[Any, ...] | None, layout: _Layout
+    ) -> _Layout:
+        """The layout a just-acknowledged record belongs to.
+
+        If the producer's connections are those it had when the layout was
+        verified, that layout.  If the producer reconnected before this send,
+        the record went to whatever answers now: check the topic again and
+        use that, provided nothing reconnects meanwhile.  If it reconnected
+        during the send, nobody can say where the record went, and an
+        unknown outcome is what the caller must hear (a publish that failed
+        with broker_unavailable may or may not have been stored).
+        """
+        after = self._incarnation(producer)
+        if after is not None and after == self._verified_incarnation:
+            return layout
+        if not _survives(before, after):
+            self._layout_refresh_soon()
+            raise BrokerUnavailable("kafka connection changed while publishing; the outcome is unknown")
+        checked = await self._refresh_layout()
+        now = self._incarnation(producer)
+        if not _survives(after, now):
+            raise BrokerUnavailable("kafka connection changed while publishing; the outcome is unknown")
+        self._verified_incarnation = now
+        return checked
 
     async def _producer_or_start(self) -> AIOKafkaProducer:
         if self._producer is not None:
@@ -441,6 +498,7 @@ class KafkaBroker(Broker):
         # Every read looks at the topic's identity first, so a recreated
         # topic is never read under the old epoch.
         layout = await self._refresh_layout()
+        seen = self._incarnation(self._reader)
         partition = partition_for(channel, layout.partitions)
         epoch = layout.epoch(channel)
         tp = TopicPartition(self.topic, partition)
@@ -452,16 +510,26 @@ class KafkaBroker(Broker):
                 # No record of this key in [base, end): any position in that
                 # range means "nothing yet".
                 if since is not None and index.base <= since <= end:
-                    return History(top=Position(epoch, since), complete=True)
-                return History(top=Position(epoch, index.base), complete=since is None)
+                    history = History(top=Position(epoch, since), complete=True)
+                else:
+                    history = History(top=Position(epoch, index.base), complete=since is None)
+                self._check_incarnation(seen, self._reader, "history read")
+                return history
             top = Position(epoch, last + 1)
             if since is None or since >= top.offset:
+                self._check_incarnation(seen, self._reader, "history read")
                 return History(top=top, complete=True)
             if since < log_start or end - since > self.scan_limit:
                 # Records after the position are gone from the log, or too
                 # many to scan: the reader must be reset.
                 return History(top=top, complete=False)
-            return await self._read_range(tp, epoch, channel, since, min(end, top.offset), limit, top)
+            # Read up to the top itself, not to ``end``: live delivery and our
+            # own publishes extend the index past the ListOffsets answer, and
+            # a top the read does not reach would claim records it never
+            # returned (issue 10: a resume skipped the record after the replay).
+            history = await self._read_range(tp, epoch, channel, since, top.offset, limit, top)
+        self._check_incarnation(seen, self._reader, "history read")
+        return history
 
     async def _bounds(self, tp: TopicPartition) -> tuple[int, int]:
         start, end = await asyncio.gather(
@@ -793,17 +861,27 @@ class KafkaBroker(Broker):
             raise BrokerUnavailable("kafka live delivery is being re-established")
 
 
-def _connections(consumer: AIOKafkaConsumer) -> tuple[Any, ...] | None:
-    """The consumer's open broker connections, compared by identity.
+def _connections(owner: object) -> tuple[Any, ...] | None:
+    """The open broker connections of a client, consumer or producer, compared by identity.
 
     aiokafka has no public "reconnected" signal, so this reads its client's
-    connection table; if that ever changes shape, None makes the caller
-    check the layout for every batch, which is slower but still correct.
+    connection table; if that ever changes shape, None makes the callers
+    treat every answer as unverifiable, which is slower but still correct.
     """
-    conns = getattr(getattr(consumer, "_client", None), "_conns", None)
+    client = owner if isinstance(owner, AIOKafkaClient) else getattr(owner, "_client", None) or getattr(
+        owner, "client", None
+    )
+    conns = getattr(client, "_conns", None)
     if not isinstance(conns, dict):
         return None
     return tuple(_Same(conn) for conn in conns.values())
+
+
+def _survives(old: tuple[Any, ...] | None, new: tuple[Any, ...] | None) -> bool:
+    """Every connection of ``old`` is still open in ``new`` (new ones may have been added)."""
+    if old is None or new is None:
+        return False
+    return all(set(before) <= set(now) for before, now in zip(old, new, strict=True))
 
 
 class _Same:

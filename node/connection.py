@@ -134,7 +134,7 @@ class Connection(abc.ABC, Generic[T]):
             return
         self._kick()
 
-    def push_reset(self, subscription: Subscription, position: Position, reason: str) -> None:
+    def push_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> None:
         self.outbox.latest.pop(subscription.channel, None)
         self.queue(self.encode_reset(subscription, position, reason))
 
@@ -174,7 +174,7 @@ class Connection(abc.ABC, Generic[T]):
             # Every channel lost queued events: each gets an explicit reset
             # at the newest position the client has been told about.
             for sub in self.subscriptions.values():
-                if sub.pending is None:
+                if sub.held is None:
                     self.push_reset(sub, sub.position, ResetReason.SLOW_CONSUMER)
         else:
             self.slow_consumer("disconnect", "outbox full")
@@ -185,7 +185,7 @@ class Connection(abc.ABC, Generic[T]):
     def encode_event(self, subscription: Subscription, delivery: Delivery) -> T: ...
 
     @abc.abstractmethod
-    def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> T: ...
+    def encode_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> T: ...
 
     @abc.abstractmethod
     def wire(self, item: T) -> bytes:

@@ -63,7 +63,11 @@ def websocket_writer(send: Send) -> DirectWrite | None:
     writable = protocol.writable
 
     def write(frame: bytes) -> bool:
-        if protocol.close_sent or protocol.disconnected or not writable.is_set():
+        # uvicorn closes the transport without setting close_sent when the
+        # client starts the close: is_closing() fences that window, so a frame
+        # is never counted as delivered when it was dropped, nor written after
+        # the close frame.
+        if protocol.close_sent or protocol.disconnected or not writable.is_set() or transport.is_closing():
             return False
         transport.write(frame)
         return True
@@ -82,7 +86,7 @@ def sse_writer(send: Send) -> tuple[DirectWrite, bool] | None:
     transport = cycle.transport
 
     def write(data: bytes) -> bool:
-        if cycle.disconnected or cycle.response_complete or flow.write_paused:
+        if cycle.disconnected or cycle.response_complete or flow.write_paused or transport.is_closing():
             return False
         transport.write(data)
         return True

@@ -1,21 +1,18 @@
-"""The hub: one node's channels, their subscribers, and the rules of resume.
+"""The hub: one node's channels, their subscribers, and the rules of resume applied.
 
-The broker delivers each publication to the hub once.  The hub encodes it
-once (:class:`Delivery`) and hands it to every local :class:`Subscription`
-without awaiting anything, so a slow client can never hold up the others: each
-connection has its own bounded outbox and writer.
+The broker delivers each publication to the hub once.  The hub wraps it in
+one :class:`Delivery` and hands that to every local :class:`Subscription`
+without awaiting anything, so a slow client can never hold up the others:
+each connection has its own bounded outbox.  The transports encode a
+delivery at most once per wire format (:attr:`Delivery.memo`); the hub knows
+nothing of frames.
 
-Resume follows one rule everywhere: *buffer live, read history, merge by
-offset*.  A subscription starts in the pending state, collecting live
-publications; then the history after the client's position is read; then
-history and the buffered live publications are delivered in offset order,
-each offset at most once.  If the position cannot be continued (another
-epoch, trimmed history, too far behind) the client gets an explicit reset.
-
-The same rule repairs live gaps: when the broker reports it may have dropped
-something (a reconnect, or an offset that skips on a contiguous stream), the
-channel buffers live publications again, re-reads history from the last
-position it delivered, and merges.
+Every decision about what a subscriber is sent is a pure function of
+:mod:`node.resume`; this module does the I/O around them.  A subscribe
+*holds* live publications from the moment it is registered, then reads
+history, then merges; a channel whose live delivery may have skipped
+something holds its live publications, re-reads history from the last
+position it fanned out, and merges the same way.
 """
 
 from __future__ import annotations
@@ -29,68 +26,30 @@ from typing import Any, Protocol
 
 from broker_adapters.base import Broker, BrokerError, BrokerUnavailable
 from broker_adapters.tasks import TaskSet
-from broker_adapters.types import Position, Publication
+from broker_adapters.types import History, Position, Publication
 
-from .direct import sse_chunk, websocket_frame
 from .metrics import Metrics
-from .protocol import ResetReason, event_frame
+from .resume import MergeGap, Reset, ResetReason, ResumePlan, plan_repair, plan_subscribe
 
 log = logging.getLogger("fanline.hub")
 
+# How often a subscribe reads history again when its read raced a live gap.
+_READ_ATTEMPTS = 5
+
 
 class Delivery:
-    """A publication and its encodings, built at most once per node.
+    """One publication as it is handed to every subscriber of its channel.
 
-    Every subscriber of the channel receives this same object; the transports
-    take the encoding they need.
+    ``memo`` keeps what the transports built from it (frames, chunks), keyed
+    by wire format, so that a publication is encoded once per node however
+    many connections receive it.
     """
 
-    __slots__ = ("publication", "_text", "_sse_body", "_sse_frame", "_ws_wire", "_sse_wire")
+    __slots__ = ("publication", "memo")
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
-        self._text: str | None = None
-        self._sse_body: bytes | None = None
-        self._sse_frame: bytes | None = None
-        self._ws_wire: bytes | None = None
-        self._sse_wire: bytes | None = None
-
-    @property
-    def text(self) -> str:
-        """The event message as JSON text: a WebSocket frame and the SSE data."""
-        if self._text is None:
-            self._text = event_frame(self.publication)
-        return self._text
-
-    @property
-    def sse_body(self) -> bytes:
-        """The SSE event without its ``id:`` line (``event:`` and ``data:``)."""
-        if self._sse_body is None:
-            event = self.publication.event
-            head = f"event: {event}\n" if event else ""
-            self._sse_body = f"{head}data: {self.text}\n\n".encode()
-        return self._sse_body
-
-    @property
-    def sse_frame(self) -> bytes:
-        """The whole SSE event for a one-channel stream, ``id:`` included."""
-        if self._sse_frame is None:
-            self._sse_frame = b"id: " + self.publication.position.event_id.encode() + b"\n" + self.sse_body
-        return self._sse_frame
-
-    @property
-    def ws_wire(self) -> bytes:
-        """The event as WebSocket frame bytes, ready for the socket (see node.direct)."""
-        if self._ws_wire is None:
-            self._ws_wire = websocket_frame(self.text.encode())
-        return self._ws_wire
-
-    @property
-    def sse_wire(self) -> bytes:
-        """The one-channel SSE event as an HTTP/1.1 chunk, ready for the socket."""
-        if self._sse_wire is None:
-            self._sse_wire = sse_chunk(self.sse_frame)
-        return self._sse_wire
+        self.memo: dict[str, Any] | None = None
 
 
 class Subscriber(Protocol):
@@ -99,58 +58,55 @@ class Subscriber(Protocol):
     def push(self, subscription: Subscription, delivery: Delivery) -> None:
         """Queue an event for the client.  Must not block."""
 
-    def push_reset(self, subscription: Subscription, position: Position, reason: str) -> None:
+    def push_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> None:
         """Queue a reset for the client.  Must not block."""
 
 
 class Subscription:
     """One connection's subscription to one channel."""
 
-    __slots__ = ("channel", "subscriber", "index", "epoch", "floor", "pending")
+    __slots__ = ("channel", "subscriber", "index", "position", "held")
 
     def __init__(self, channel: str, subscriber: Subscriber, index: int = 0) -> None:
         self.channel = channel
         self.subscriber = subscriber
         # Position of this channel in an SSE stream's composite event id.
         self.index = index
-        # The last position delivered (or skipped by a reset) to this client.
-        self.epoch = ""
-        self.floor = 0
-        # While resuming: live deliveries held back until history is merged.
-        self.pending: list[Delivery] | None = []
-
-    @property
-    def position(self) -> Position:
-        return Position(self.epoch, self.floor)
+        # The last position sent to this client (an event, or a reset's position).
+        self.position = Position("", 0)
+        # While subscribing: live deliveries held back until history is merged.
+        self.held: list[Delivery] | None = []
 
     def deliver(self, delivery: Delivery) -> None:
-        pending = self.pending
-        if pending is not None:
-            pending.append(delivery)
+        held = self.held
+        if held is not None:
+            held.append(delivery)
             return
         publication = delivery.publication
-        if publication.epoch != self.epoch:
-            # The stream started again under us: never splice two epochs.
+        position = self.position
+        if publication.epoch != position.epoch:
+            # The stream started again under us: never splice two epochs
+            # (see node.resume.follow, which this inlines for the hot path).
             self.reset(Position(publication.epoch, publication.offset - 1), ResetReason.EPOCH_CHANGED)
-        elif publication.offset <= self.floor:
+        elif publication.offset <= position.offset:
             return
-        self.floor = publication.offset
+        self.position = publication.position
         self.subscriber.push(self, delivery)
 
-    def reset(self, position: Position, reason: str) -> None:
-        self.epoch = position.epoch
-        self.floor = position.offset
+    def reset(self, position: Position, reason: ResetReason) -> None:
+        self.position = position
         self.subscriber.push_reset(self, position, reason)
 
 
 @dataclass(frozen=True, slots=True)
-class SubscribeOutcome:
+class Subscribed:
+    """A subscribe that succeeded: what the reply says and what follows it."""
+
     subscription: Subscription
-    position: Position  # where the subscription starts, before replayed events
-    recovered: bool | None  # None when the client asked for no resume
-    replayed: int
-    reset_reason: str | None
-    reset_position: Position | None
+    plan: ResumePlan
+    # The held deliveries the plan's publications came from (by identity of
+    # the publication), so that they keep their shared encodings.
+    held: dict[int, Delivery]
 
 
 class ChannelState:
@@ -159,7 +115,8 @@ class ChannelState:
     def __init__(self, name: str) -> None:
         self.name = name
         self.subscribers: dict[Subscription, None] = {}
-        # The last live position fanned out; None until the first one.
+        # The position up to which this node knows the stream without a hole:
+        # the last live publication fanned out, or the first subscriber's read.
         self.last: Position | None = None
         # Completes when the broker delivers this channel to the node.
         self.ready: asyncio.Future[None] | None = None
@@ -180,17 +137,23 @@ class Hub:
         metrics: Metrics,
         replay_limit: int = 300,
         pending_limit: int = 10000,
+        subscribe_wait: float = 5.0,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
         self.replay_limit = replay_limit
         self.pending_limit = pending_limit
+        self.subscribe_wait = subscribe_wait
         self._channels: dict[str, ChannelState] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._tasks = TaskSet()
         self._contiguous = broker.contiguous_offsets
-        self.broker_available = False
+        self._available = asyncio.Event()
         metrics.channels._read = lambda: float(len(self._channels))
+
+    @property
+    def broker_available(self) -> bool:
+        return self._available.is_set()
 
     # -- ownership -----------------------------------------------------------------
 
@@ -205,88 +168,91 @@ class Hub:
 
     async def subscribe(
         self, subscriber: Subscriber, channel: str, since: Position | None, index: int = 0
-    ) -> SubscribeOutcome:
-        """Subscribe, resuming from ``since`` if given.
+    ) -> Subscribed:
+        """Subscribe, resuming from ``since`` if given; the subscription starts held.
 
-        Raises :class:`BrokerError` if the broker cannot serve the channel
-        now; the subscription is then not registered.
+        The caller sends the ``subscribed`` reply, then calls
+        :meth:`start_delivery` with the plan.  Raises :class:`BrokerError`
+        if the broker cannot serve the channel now (after waiting up to
+        ``subscribe_wait`` for it to come back); nothing is registered then.
         """
+        await self._wait_available()
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = ChannelState(channel)
             state.ready = self._spawn(self._broker_subscribe(state), f"subscribe:{channel}")
         subscription = Subscription(channel, subscriber, index)
         # Registered before the history read, so every live publication from
-        # now on is either in the pending buffer or in the history we read.
+        # now on is either held or in the history we read.
         state.subscribers[subscription] = None
         self.metrics.subscriptions.inc()
         try:
             assert state.ready is not None
             await asyncio.shield(state.ready)
-            for _ in range(5):
-                generation = state.generation
-                history = await self.broker.history(
-                    channel, None if since is None else since.offset, self.replay_limit + 1
-                )
-                if state.generation == generation:
-                    break
-            else:
-                raise BrokerError("live delivery keeps skipping on this channel; try again")
+            subscribed = await self._read_and_plan(state, subscription, since)
         except BaseException:
             self._remove(state, subscription)
             raise
-
-        top = history.top
-        reason: str | None = None
-        replay: list[Publication] = []
-        if since is None:
-            start = top
-        elif since.epoch != top.epoch:
-            reason = ResetReason.EPOCH_CHANGED
-        elif since.offset > top.offset:
-            reason = ResetReason.POSITION_AHEAD
-        elif not history.complete:
-            reason = ResetReason.HISTORY_TRIMMED
-        elif len(history.publications) > self.replay_limit:
-            reason = ResetReason.TOO_FAR_BEHIND
-        else:
-            replay = list(history.publications)
+        plan = subscribed.plan
         if since is not None:
-            start = top if reason else since
-            self.metrics.resumes.labels("reset" if reason else "recovered").inc()
-            if reason is None:
-                self.metrics.replayed.observe(len(replay))
+            self.metrics.resumes.labels("recovered" if plan.recovered else "reset").inc()
+            if plan.recovered:
+                self.metrics.replayed.observe(plan.replayed)
+        return subscribed
 
-        held = subscription.pending or []
-        if len(held) > self.pending_limit:
-            self._remove(state, subscription)
-            raise BrokerError("too many live events arrived while resuming; try again")
-        subscription.epoch = start.epoch
-        subscription.floor = start.offset
-        # History first, then the held-back live events after the top.  An
-        # event of another epoch makes the subscription reset itself when it
-        # is delivered: a spurious reset is safe, a spliced stream is not.
-        queued = [Delivery(p) for p in replay]
-        queued.extend(
-            d for d in held if d.publication.epoch != top.epoch or d.publication.offset > top.offset
-        )
-        # Still pending: the caller sends its reply, then start_delivery().
-        subscription.pending = queued
-        return SubscribeOutcome(
-            subscription=subscription,
-            position=start,
-            recovered=None if since is None else reason is None,
-            replayed=len(replay),
-            reset_reason=reason,
-            reset_position=top if reason else None,
+    async def _read_and_plan(
+        self, state: ChannelState, subscription: Subscription, since: Position | None
+    ) -> Subscribed:
+        for _ in range(_READ_ATTEMPTS):
+            generation = state.generation
+            history = await self.broker.history(
+                state.name, None if since is None else since.offset, self.replay_limit + 1
+            )
+            if state.generation != generation:
+                continue  # live delivery skipped something during the read
+            held = subscription.held or []
+            if len(held) > self.pending_limit:
+                raise BrokerError("too many live events arrived while resuming; try again")
+            try:
+                plan = self._plan(since, history, held)
+            except MergeGap as exc:
+                self.metrics.resyncs.labels("merge_gap").inc()
+                log.info("resume merge found a gap; reading again", extra={"channel": state.name, "gap": str(exc)})
+                continue
+            # Later arrivals are held apart from those the plan covers.
+            subscription.held = []
+            return Subscribed(subscription, plan, {id(d.publication): d for d in held})
+        raise BrokerError("live delivery keeps skipping on this channel; try again")
+
+    def _plan(self, since: Position | None, history: History, held: list[Delivery]) -> ResumePlan:
+        return plan_subscribe(
+            since,
+            history,
+            [d.publication for d in held],
+            replay_limit=self.replay_limit,
+            contiguous=self._contiguous,
         )
 
-    def start_delivery(self, subscription: Subscription) -> None:
-        """Release the events queued by the merge; called after the subscribed reply."""
-        queued = subscription.pending or []
-        subscription.pending = None
-        for delivery in queued:
+    def start_delivery(self, subscribed: Subscribed) -> None:
+        """Send the plan's steps, then release what arrived since; call after the reply."""
+        subscription, plan, deliveries = subscribed.subscription, subscribed.plan, subscribed.held
+        subscriber = subscription.subscriber
+        for step in plan.steps:
+            if isinstance(step, Reset):
+                subscription.position = step.position
+                subscriber.push_reset(subscription, step.position, step.reason)
+            else:
+                subscription.position = step.position
+                subscriber.push(subscription, deliveries.get(id(step)) or Delivery(step))
+        subscription.position = plan.position
+        later = subscription.held or []
+        subscription.held = None
+        for delivery in later:
             subscription.deliver(delivery)
+        state = self._channels.get(subscription.channel)
+        if state is not None and state.last is None and state.buffer is None:
+            # From here on the channel's live stream is checked against this position.
+            state.last = subscription.position
 
     def unsubscribe(self, subscription: Subscription) -> None:
         state = self._channels.get(subscription.channel)
@@ -302,6 +268,16 @@ class Hub:
             self._unsubscribing[state.name] = self._spawn(
                 self._broker_unsubscribe(state), f"unsubscribe:{state.name}"
             )
+
+    async def _wait_available(self) -> None:
+        """Hold a subscribe while the broker is (re)connecting, for a bounded time."""
+        if self._available.is_set():
+            return
+        try:
+            async with asyncio.timeout(self.subscribe_wait):
+                await self._available.wait()
+        except TimeoutError:
+            raise BrokerUnavailable("the node cannot reach its broker") from None
 
     async def _broker_subscribe(self, state: ChannelState) -> None:
         previous = self._unsubscribing.get(state.name)
@@ -390,10 +366,13 @@ class Hub:
                     self._start_resync(state, [])
 
     def on_availability(self, available: bool) -> None:
-        if available != self.broker_available:
+        if available != self._available.is_set():
             level = logging.INFO if available else logging.WARNING
             log.log(level, "broker %s", "available" if available else "unavailable", extra={"broker": self.broker.kind})
-        self.broker_available = available
+        if available:
+            self._available.set()
+        else:
+            self._available.clear()
         self.metrics.broker_available.labels().set(1.0 if available else 0.0)
 
     def _start_resync(self, state: ChannelState, buffered: list[Publication]) -> None:
@@ -404,21 +383,11 @@ class Hub:
         state.buffer = buffered
         self._spawn(self._resync(state), f"resync:{state.name}")
 
-    def _resync_origin(self, state: ChannelState) -> Position | None:
-        if state.last is not None:
-            return state.last
-        floors = [s.position for s in state.subscribers if s.pending is None]
-        return min(floors, key=lambda p: p.offset) if floors else None
-
     async def _resync(self, state: ChannelState) -> None:
         """Re-read history after a possible live gap, then resume live delivery."""
         delay = 0.1
-        while True:
-            origin = self._resync_origin(state)
-            if origin is None:
-                # Nobody has a position yet: pending subscribers re-read
-                # history themselves because the generation changed.
-                break
+        while state.last is not None:
+            origin = state.last
             try:
                 history = await self.broker.history(state.name, origin.offset, self.replay_limit + 1)
             except BrokerError as exc:
@@ -431,35 +400,29 @@ class Hub:
                 continue
             if self._channels.get(state.name) is not state:
                 return
-            top = history.top
-            if top.epoch != origin.epoch:
-                outcome = "epoch_changed"
-                self._reset_all(state, top, ResetReason.EPOCH_CHANGED)
-            elif not history.complete or len(history.publications) > self.replay_limit:
-                outcome = "reset"
-                self._reset_all(state, top, ResetReason.HISTORY_TRIMMED)
-            else:
-                outcome = "recovered"
-                for publication in history.publications:
-                    self._fan_out(state, publication)
+            held, state.buffer = state.buffer or [], None
+            last, steps = plan_repair(origin, history, held, replay_limit=self.replay_limit)
+            outcome = "recovered"
+            for step in steps:
+                if isinstance(step, Reset):
+                    outcome = "epoch_changed" if step.reason is ResetReason.EPOCH_CHANGED else "reset"
+                    self._reset_all(state, step)
+                else:
+                    self._fan_out(state, step)
+            state.last = last
             self.metrics.resyncs.labels(outcome).inc()
-            break
-        buffered = state.buffer or []
-        state.buffer = None
-        for publication in buffered:
-            self.on_publication_after_resync(state, publication)
-
-    def on_publication_after_resync(self, state: ChannelState, publication: Publication) -> None:
-        last = state.last
-        if last is not None and publication.epoch == last.epoch and publication.offset <= last.offset:
             return
-        self._fan_out(state, publication)
+        # Nobody had a position yet: held subscribes read history themselves,
+        # because the generation changed; live delivery simply goes on.
+        buffered, state.buffer = state.buffer or [], None
+        for publication in buffered:
+            self._fan_out(state, publication)
 
-    def _reset_all(self, state: ChannelState, top: Position, reason: str) -> None:
-        state.last = top
+    def _reset_all(self, state: ChannelState, reset: Reset) -> None:
+        state.last = reset.position
         for subscription in list(state.subscribers):
-            if subscription.pending is None:
-                subscription.reset(top, reason)
+            if subscription.held is None:
+                subscription.reset(reset.position, reset.reason)
 
     # -- publishing and health -----------------------------------------------------------
 

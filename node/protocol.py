@@ -26,6 +26,9 @@ from broker_adapters.types import (
     validate_event_type,
 )
 
+# Re-exported: the reset reasons are part of the wire protocol.
+from .resume import ResetReason as ResetReason
+
 PROTOCOL_VERSION = 1
 
 
@@ -244,8 +247,9 @@ def reset_frame(channel: str, position: Position, reason: str) -> str:
     return _frame(type="reset", channel=channel, id=position.event_id, reason=reason)
 
 
-def error_frame(code: str, message: str, rid: Any = None) -> str:
-    return _frame(type="error", code=code, message=message, rid=rid)
+def error_frame(code: str, message: str, rid: Any = None, channel: str | None = None) -> str:
+    """An error answer; ``channel`` names the channel of a failed subscribe, unsubscribe or publish."""
+    return _frame(type="error", code=code, message=message, rid=rid, channel=channel)
 
 
 def refreshed_frame(user: str | None, expires: float | None, rid: Any) -> str:
@@ -261,13 +265,3 @@ HEARTBEAT_FRAME = _frame(type="heartbeat")
 
 def drain_frame(reconnect_after_ms: int) -> str:
     return _frame(type="drain", reconnect_after=reconnect_after_ms)
-
-
-class ResetReason:
-    """Why a subscriber's position cannot be continued.  See docs/protocol.md."""
-
-    EPOCH_CHANGED = "epoch_changed"  # the stream was lost and started again
-    HISTORY_TRIMMED = "history_trimmed"  # missed publications left the history
-    TOO_FAR_BEHIND = "too_far_behind"  # more missed than the replay limit
-    POSITION_AHEAD = "position_ahead"  # the id is beyond the stream's top
-    SLOW_CONSUMER = "slow_consumer"  # the server dropped queued events

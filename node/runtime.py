@@ -36,7 +36,12 @@ class Node:
         self.name = settings.node_name
         self.metrics = Metrics()
         self.broker = broker if broker is not None else open_broker(settings.broker)
-        self.hub = Hub(self.broker, metrics=self.metrics, replay_limit=settings.replay_limit)
+        self.hub = Hub(
+            self.broker,
+            metrics=self.metrics,
+            replay_limit=settings.replay_limit,
+            subscribe_wait=settings.subscribe_wait,
+        )
         self.access = AccessPolicy(settings)
         self.connections: set[Connection[str] | Connection[bytes]] = set()
         self.draining = False
@@ -104,6 +109,18 @@ class Node:
         if self.draining:
             self.metrics.limit_rejections.labels("draining").inc()
             return Refusal(503, ErrorCode.DRAINING, "node is draining; connect to another node", CloseCode.TRY_AGAIN_LATER, 1)
+        if not self.hub.broker_available:
+            # Health tells the truth: a node that cannot reach its broker takes
+            # no clients (they would only get broker_unavailable answers), at
+            # start-up as during an outage.  Connected clients stay.
+            self.metrics.limit_rejections.labels("broker_unavailable").inc()
+            return Refusal(
+                503,
+                ErrorCode.BROKER_UNAVAILABLE,
+                "node cannot reach its broker; try again",
+                CloseCode.TRY_AGAIN_LATER,
+                1,
+            )
         if len(self.connections) >= self.settings.max_connections:
             self.limit_rejected("connections", max_connections=self.settings.max_connections)
             return Refusal(
@@ -142,6 +159,8 @@ class Node:
         """Start the paced drain (idempotent) and return the task doing it."""
         if self._drain_task is None:
             self.draining = True
+            if not self.connections:
+                self._all_closed.set()
             self.metrics.draining.set(1.0)
             log.info("drain started", extra={"connections": len(self.connections), "window": self.settings.drain_window})
             self._drain_task = self._tasks.spawn(self._drain(), "drain")
@@ -160,11 +179,16 @@ class Node:
         victims = list(self.connections)
         random.shuffle(victims)
         for index, connection in enumerate(victims):
-            due = started + window * index / max(len(victims), 1)
-            delay = due - loop.time()
+            if not self.connections:
+                break  # everyone left by themselves: nothing to wait for
+            if connection.closing is not None or connection not in self.connections:
+                continue
+            delay = started + window * index / max(len(victims), 1) - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
-            if connection.closing is None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._all_closed.wait()
+            if connection.closing is None and connection in self.connections:
                 connection.drain(random.randint(250, 1250))
         # Closed clients need a moment to say goodbye; stragglers are left
         # to uvicorn's shutdown.

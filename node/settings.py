@@ -50,6 +50,11 @@ class Settings:
         "behind gets a reset instead.",
     )
 
+    subscribe_wait: float = _setting(
+        5.0,
+        "Seconds a subscribe waits for the broker while the node (re)connects to it, before it "
+        "fails with broker_unavailable and the client retries.",
+    )
     stream_check_interval: float = _setting(
         30.0,
         "Seconds between checks of each subscribed channel's stream top against what the node "
@@ -158,6 +163,7 @@ class Settings:
             "heartbeat_interval",
             "heartbeat_timeout",
             "drain_window",
+            "subscribe_wait",
             "rate_limit",
             "rate_burst",
         )

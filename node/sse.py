@@ -18,11 +18,12 @@ from urllib.parse import parse_qsl
 from broker_adapters.base import BrokerError
 from broker_adapters.types import InvalidChannel, InvalidEventId, Position, validate_channel
 
+from . import protocol
 from .access import Identity, Refusal
 from .connection import Connection, Message, Receive, Send
 from .direct import sse_chunk, sse_writer
-from .hub import Delivery, Subscription
-from .protocol import CloseCode, ErrorCode
+from .hub import Delivery, Subscribed, Subscription
+from .protocol import CloseCode, ErrorCode, ResetReason
 
 if TYPE_CHECKING:
     from .runtime import Node
@@ -32,9 +33,43 @@ log = logging.getLogger("fanline.sse")
 KEEPALIVE = b": keepalive\n\n"
 
 
+def event_body(delivery: Delivery) -> bytes:
+    """The SSE event without its ``id:`` line (``event:`` and ``data:``), built once per node."""
+    memo = delivery.memo
+    if memo is None:
+        memo = delivery.memo = {}
+    body: bytes | None = memo.get("sse_body")
+    if body is None:
+        publication = delivery.publication
+        head = f"event: {publication.event}\n" if publication.event else ""
+        text = memo.get("ws") or protocol.event_frame(publication)
+        body = memo["sse_body"] = f"{head}data: {text}\n\n".encode()
+    return body
+
+
+def event_frame(delivery: Delivery) -> bytes:
+    """The whole SSE event for a one-channel stream, ``id:`` included, built once per node."""
+    body = event_body(delivery)
+    assert delivery.memo is not None
+    frame: bytes | None = delivery.memo.get("sse")
+    if frame is None:
+        frame = delivery.memo["sse"] = b"id: " + delivery.publication.position.event_id.encode() + b"\n" + body
+    return frame
+
+
+def event_chunk(delivery: Delivery) -> bytes:
+    """The one-channel SSE event as an HTTP/1.1 chunk, ready for the socket."""
+    frame = event_frame(delivery)
+    assert delivery.memo is not None
+    chunk: bytes | None = delivery.memo.get("sse_chunk")
+    if chunk is None:
+        chunk = delivery.memo["sse_chunk"] = sse_chunk(frame)
+    return chunk
+
+
 class SSEStream(Connection[bytes]):
     transport_name = "sse"
-    __slots__ = ("channels", "tokens", "chunked")
+    __slots__ = ("channels", "tokens", "chunked", "started")
 
     def __init__(self, node: Node, send: Send, channels: list[str]) -> None:
         super().__init__(node, send)
@@ -43,13 +78,16 @@ class SSEStream(Connection[bytes]):
         self.tokens: list[str] = [""] * len(channels)
         # Whether the response body goes out in HTTP/1.1 chunks.
         self.chunked = True
+        # Whether the response has started: before that (still subscribing),
+        # there is no stream to write to or to end.
+        self.started = False
 
     def wire(self, item: bytes) -> bytes:
         return sse_chunk(item) if self.chunked else item
 
     def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
         if len(self.tokens) == 1:
-            return delivery.sse_wire if self.chunked else delivery.sse_frame
+            return event_chunk(delivery) if self.chunked else event_frame(delivery)
         return self.wire(self.encode_event(subscription, delivery))
 
     def composite_id(self) -> bytes:
@@ -58,11 +96,11 @@ class SSEStream(Connection[bytes]):
     def encode_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
         if len(self.tokens) == 1:
             # The common case needs nothing per connection.
-            return delivery.sse_frame
+            return event_frame(delivery)
         self.tokens[subscription.index] = delivery.publication.position.event_id
-        return b"id: " + self.composite_id() + b"\n" + delivery.sse_body
+        return b"id: " + self.composite_id() + b"\n" + event_body(delivery)
 
-    def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> bytes:
+    def encode_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> bytes:
         self.tokens[subscription.index] = position.event_id
         data = json.dumps(
             {"type": "reset", "channel": subscription.channel, "id": position.event_id, "reason": reason},
@@ -74,11 +112,15 @@ class SSEStream(Connection[bytes]):
         self.queue(KEEPALIVE)
 
     async def write(self, batch: list[bytes]) -> None:
+        if not self.started:
+            return
         body = batch[0] if len(batch) == 1 else b"".join(batch)
         await self.send({"type": "http.response.body", "body": body, "more_body": True})
         self.count_written(len(batch), len(body))
 
     async def say_goodbye(self, code: int, reason: str) -> None:
+        if not self.started:
+            return  # closed while subscribing: the endpoint answers, or nobody is left
         # EventSource reconnects by itself after `retry` ms when the stream ends.
         tail = f"retry: {self.reconnect_after_ms}\n\n".encode()
         await self.send({"type": "http.response.body", "body": tail, "more_body": False})
@@ -175,13 +217,13 @@ async def _serve(
     cors: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bool:
     """Subscribe every channel and start the stream; False if it could not start."""
-    outcomes = []
+    answers: list[Subscribed] = []
     try:
         for index, channel in enumerate(stream.channels):
             since = positions[index] if positions else None
-            outcome = await node.hub.subscribe(stream, channel, since, index)
-            stream.subscriptions[channel] = outcome.subscription
-            outcomes.append(outcome)
+            subscribed = await node.hub.subscribe(stream, channel, since, index)
+            stream.subscriptions[channel] = subscribed.subscription
+            answers.append(subscribed)
     except BrokerError as exc:
         await _reply_error(
             stream.send,
@@ -202,16 +244,20 @@ async def _serve(
             ],
         }
     )
+    stream.started = True
     direct = sse_writer(stream.send) if node.settings.direct_writes else None
     if direct is not None:
         stream.direct, stream.chunked = direct
     summary = {}
-    for index, outcome in enumerate(outcomes):
-        stream.tokens[index] = outcome.position.event_id
-        summary[outcome.subscription.channel] = {
-            "id": outcome.position.event_id,
-            "recovered": outcome.recovered,
-            "replayed": outcome.replayed,
+    for index, subscribed in enumerate(answers):
+        # A channel that cannot be recovered keeps its ``since`` in the
+        # composite; only its own fanline.reset moves that part on.
+        plan = subscribed.plan
+        stream.tokens[index] = plan.start.event_id
+        summary[subscribed.subscription.channel] = {
+            "id": plan.start.event_id,
+            "recovered": plan.recovered,
+            "replayed": plan.replayed,
         }
     hello = (
         f"retry: {node.settings.sse_retry_ms}\n".encode()
@@ -222,10 +268,8 @@ async def _serve(
         + b"\n\n"
     )
     stream.queue(hello)
-    for outcome in outcomes:
-        if outcome.reset_reason is not None and outcome.reset_position is not None:
-            stream.push_reset(outcome.subscription, outcome.reset_position, outcome.reset_reason)
-        node.hub.start_delivery(outcome.subscription)
+    for subscribed in answers:
+        node.hub.start_delivery(subscribed)
     return True
 
 

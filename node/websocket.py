@@ -21,12 +21,34 @@ from .access import Refusal
 from .connection import Connection, Message, Receive, Send
 from .direct import websocket_frame, websocket_writer
 from .hub import Delivery, Subscription
-from .protocol import CloseCode, ErrorCode, ProtocolError
+from .protocol import CloseCode, ErrorCode, ProtocolError, ResetReason
 
 if TYPE_CHECKING:
     from .runtime import Node
 
 log = logging.getLogger("fanline.websocket")
+
+
+def event_text(delivery: Delivery) -> str:
+    """The event message of a delivery, built once per node."""
+    memo = delivery.memo
+    if memo is None:
+        memo = delivery.memo = {}
+    text: str | None = memo.get("ws")
+    if text is None:
+        text = memo["ws"] = protocol.event_frame(delivery.publication)
+    return text
+
+
+def event_wire(delivery: Delivery) -> bytes:
+    """The event as WebSocket frame bytes, ready for the socket, built once per node."""
+    memo = delivery.memo
+    wire: bytes | None = memo.get("ws_wire") if memo is not None else None
+    if wire is None:
+        wire = websocket_frame(event_text(delivery).encode())
+        assert delivery.memo is not None
+        delivery.memo["ws_wire"] = wire
+    return wire
 
 
 class WebSocketSession(Connection[str]):
@@ -62,16 +84,16 @@ class WebSocketSession(Connection[str]):
         return False
 
     def encode_event(self, subscription: Subscription, delivery: Delivery) -> str:
-        return delivery.text
+        return event_text(delivery)
 
-    def encode_reset(self, subscription: Subscription, position: Position, reason: str) -> str:
+    def encode_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> str:
         return protocol.reset_frame(subscription.channel, position, reason)
 
     def wire(self, item: str) -> bytes:
         return websocket_frame(item.encode())
 
     def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
-        return delivery.ws_wire
+        return event_wire(delivery)
 
     async def write(self, batch: list[str]) -> None:
         text = batch[0] if len(batch) == 1 else "\n".join(batch)
@@ -88,9 +110,9 @@ class WebSocketSession(Connection[str]):
     async def say_goodbye(self, code: int, reason: str) -> None:
         await self.send({"type": "websocket.close", "code": code, "reason": reason})
 
-    def error(self, code: str, message: str, rid: Any = None) -> None:
+    def error(self, code: str, message: str, rid: Any = None, channel: str | None = None) -> None:
         self.node.metrics.client_errors.labels(code).inc()
-        self.queue(protocol.error_frame(code, message, rid))
+        self.queue(protocol.error_frame(code, message, rid, channel))
 
     # -- client messages -----------------------------------------------------------
 
@@ -108,7 +130,9 @@ class WebSocketSession(Connection[str]):
         elif isinstance(message, protocol.Unsubscribe):
             subscription = self.subscriptions.pop(message.channel, None)
             if subscription is None:
-                self.error(ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.channel}", message.rid)
+                self.error(
+                    ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.channel}", message.rid, message.channel
+                )
                 return
             node.hub.unsubscribe(subscription)
             self.queue(protocol.unsubscribed_frame(message.channel, message.rid))
@@ -130,7 +154,7 @@ class WebSocketSession(Connection[str]):
         node = self.node
         channel = message.channel
         if channel in self.subscriptions:
-            self.error(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}", message.rid)
+            self.error(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}", message.rid, channel)
             return
         if len(self.subscriptions) >= node.settings.max_subscriptions:
             node.limit_rejected("subscriptions", max_subscriptions=node.settings.max_subscriptions)
@@ -138,45 +162,42 @@ class WebSocketSession(Connection[str]):
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"at most {node.settings.max_subscriptions} subscriptions per connection",
                 message.rid,
+                channel,
             )
             return
         refusal = node.access.check_subscribe(self.identity, channel)
         if refusal is not None:
-            self.error(refusal.code, refusal.message, message.rid)
+            self.error(refusal.code, refusal.message, message.rid, channel)
             return
         try:
-            outcome = await node.hub.subscribe(self, channel, message.since)
+            subscribed = await node.hub.subscribe(self, channel, message.since)
         except BrokerError as exc:
-            self.error(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}", message.rid)
+            self.error(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}", message.rid, channel)
             return
-        subscription = outcome.subscription
+        subscription, plan = subscribed.subscription, subscribed.plan
         if self.closing is not None:
             node.hub.unsubscribe(subscription)
             return
         self.subscriptions[channel] = subscription
+        # An unrecoverable resume keeps ``since`` here; the reset that the
+        # plan's first step carries is what moves the client's position.
         self.queue(
             protocol.subscribed_frame(
-                channel,
-                outcome.position,
-                recovered=outcome.recovered,
-                replayed=outcome.replayed,
-                rid=message.rid,
+                channel, plan.start, recovered=plan.recovered, replayed=plan.replayed, rid=message.rid
             )
         )
-        if outcome.reset_reason is not None and outcome.reset_position is not None:
-            self.queue(protocol.reset_frame(channel, outcome.reset_position, outcome.reset_reason))
-        node.hub.start_delivery(subscription)
+        node.hub.start_delivery(subscribed)
 
     async def publish(self, message: protocol.Publish) -> None:
         node = self.node
         refusal = node.access.check_client_publish(self.identity, message.channel)
         if refusal is not None:
-            self.error(refusal.code, refusal.message, message.rid)
+            self.error(refusal.code, refusal.message, message.rid, message.channel)
             return
         try:
             publication = await node.hub.publish(message.channel, message.data, message.event, source="ws")
         except BrokerError as exc:
-            self.error(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}", message.rid)
+            self.error(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}", message.rid, message.channel)
             return
         self.queue(protocol.published_frame(message.channel, publication.position, message.rid))
 

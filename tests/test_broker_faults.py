@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from broker_adapters import BrokerError, Position, open_broker
 from broker_adapters.base import NullListener
@@ -65,6 +66,15 @@ async def test_readiness_and_publishing_follow_the_broker(server: Any, node: Nod
     await asyncio.to_thread(server.kill)
     try:
         await _wait_ready(node, 503, 20)
+        # A node that cannot serve takes no clients (issue 10, the start-up
+        # window): the handshake is refused, with a hint when to come back.
+        async with httpx.AsyncClient(timeout=20) as http:
+            refused = await http.get(node.url + "/sse", params={"channel": channel})
+            assert refused.status_code == 503 and refused.json()["error"] == "broker_unavailable"
+            assert refused.headers.get("retry-after")
+        with pytest.raises(websockets.InvalidStatus) as handshake:
+            await websockets.connect(node.ws_url, open_timeout=10)
+        assert handshake.value.response.status_code == 503
         async with httpx.AsyncClient(timeout=20) as http:
             for i in range(3):
                 response = await http.post(node.url + "/api/publish", json={"channel": channel, "data": i})

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import enum
 import re
 from pathlib import Path
 
@@ -20,6 +21,8 @@ END = "<!-- settings:end -->"
 
 
 def _constants(cls: type) -> dict[str, object]:
+    if isinstance(cls, type) and issubclass(cls, enum.Enum):
+        return {member.name: member.value for member in cls}
     return {name: value for name, value in vars(cls).items() if name.isupper()}
 
 
