@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from urllib.parse import parse_qsl, urlsplit
 
-from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable
+from .base import Broker, BrokerListener
+from .errors import BrokerError, BrokerUnavailable, FanlineError, UnknownBrokerURL
 from .types import History, Position, Publication
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "BrokerError",
     "BrokerListener",
     "BrokerUnavailable",
+    "FanlineError",
     "History",
     "Position",
     "Publication",
@@ -36,10 +38,6 @@ _ADAPTERS: dict[str, tuple[str, str]] = {
     "tls": ("broker_adapters.nats", "from_url"),
     "kafka": ("broker_adapters.kafka", "from_url"),
 }
-
-
-class UnknownBrokerURL(ValueError):
-    """A broker URL whose scheme no adapter handles, or whose options are wrong."""
 
 
 def open_broker(url: str) -> Broker:

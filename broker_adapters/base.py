@@ -23,15 +23,9 @@ import abc
 from collections.abc import Iterable
 from typing import Protocol
 
+from .errors import BrokerError as BrokerError
+from .errors import BrokerUnavailable as BrokerUnavailable
 from .types import History, Publication
-
-
-class BrokerError(Exception):
-    """The broker could not do what was asked."""
-
-
-class BrokerUnavailable(BrokerError):
-    """The broker cannot be reached right now.  Safe to retry later."""
 
 
 class BrokerListener(Protocol):

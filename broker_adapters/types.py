@@ -15,6 +15,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .errors import InvalidChannel as InvalidChannel
+from .errors import InvalidData as InvalidData
+from .errors import InvalidEventId as InvalidEventId
+from .errors import InvalidEventType as InvalidEventType
+
 # Epochs are short and URL-safe so that an event id stays readable in logs and
 # fits in a query string.  Adapters derive them from their own notion of a
 # stream's identity and must keep to this alphabet.
@@ -29,20 +34,6 @@ EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 RESERVED_EVENT_PREFIX = "fanline."
 
 
-class InvalidEventId(ValueError):
-    """An event id that is not of the documented form."""
-
-
-class InvalidChannel(ValueError):
-    """A channel name outside the documented alphabet or length."""
-
-
-class InvalidEventType(ValueError):
-    """A publisher-defined event type outside the documented alphabet."""
-
-
-class InvalidData(ValueError):
-    """A payload that is not JSON."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from broker_adapters.errors import ConfigError
+
 ENV_PREFIX = "FANLINE_"
 SLOW_CONSUMER_POLICIES = ("disconnect", "reset", "latest")
 
@@ -24,7 +26,7 @@ def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
     return field(default=default, metadata={"help": help, "secret": secret})
 
 
-class SettingsError(ValueError):
+class SettingsError(ConfigError):
     """A setting has a value outside what it accepts."""
 
 
