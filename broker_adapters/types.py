@@ -55,7 +55,7 @@ class Position:
 
     @classmethod
     def parse(cls, event_id: str) -> Position:
-        match = _ID_PATTERN.match(event_id)
+        match = _ID_PATTERN.fullmatch(event_id)
         if match is None:
             raise InvalidEventId(f"not a Fanline event id: {event_id[:80]!r}")
         offset = int(match.group(2))
@@ -106,7 +106,7 @@ def validate_channel(channel: object, max_length: int = 255) -> str:
         raise InvalidChannel("channel must be a non-empty string")
     if len(channel) > max_length:
         raise InvalidChannel(f"channel is longer than {max_length} characters")
-    if CHANNEL_PATTERN.match(channel) is None:
+    if CHANNEL_PATTERN.fullmatch(channel) is None:
         raise InvalidChannel(
             "channel may contain only letters, digits and _ : # @ = / - ,"
             " and dots between non-empty parts"
@@ -117,7 +117,7 @@ def validate_channel(channel: object, max_length: int = 255) -> str:
 def validate_event_type(event: object) -> str | None:
     if event is None:
         return None
-    if not isinstance(event, str) or EVENT_TYPE_PATTERN.match(event) is None:
+    if not isinstance(event, str) or EVENT_TYPE_PATTERN.fullmatch(event) is None:
         raise InvalidEventType(
             "event type must start with a letter and contain at most 64 letters,"
             " digits, _ . or -"

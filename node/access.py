@@ -1,13 +1,12 @@
 """Who may connect, subscribe and publish.
 
 The transports ask an :class:`AccessPolicy` and act on its answer; they hold
-no rules of their own.  A refusal carries everything each transport needs to
-say no in its own terms: an HTTP status for a refused handshake or request,
-a close code, and an error code for an error frame.
+no rules of their own.  A refusal is a :class:`~node.errors.ClientError`,
+which carries everything each transport needs to say no in its own terms.
 
 The model (docs/security.md is the user-facing version):
 
-- *Connecting*: the Origin allow-list first (:meth:`AccessPolicy.authenticate`,
+- *Connecting*: the Origin allow-list first (:meth:`AccessPolicy.check_origin`,
   run by ``Node.admit``), then a credential (:meth:`AccessPolicy.identify`):
   a JWT (header, cookie, ``token`` query parameter or the first WebSocket
   frame) or a single-use ticket.  With no JWT key configured, connections
@@ -23,34 +22,23 @@ The model (docs/security.md is the user-facing version):
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any
 from urllib.parse import urlsplit
 
 from broker_adapters.base import Broker
 
 from . import protocol
 from .auth import Claims, Credential, TokenError, TokenVerifier, bearer, claims_from, find_credential, grant_matches
-from .protocol import CloseCode, ErrorCode, ProtocolError
+from .errors import ClientError, ErrorCode
 from .settings import Settings, SettingsError
 from .tickets import RESERVED_CHANNEL_PREFIX, TicketBook, TicketUnavailable
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    status: int
-    code: str
-    message: str
-    close_code: int = CloseCode.POLICY_VIOLATION
-    retry_after: int | None = None
-
-    def body(self) -> bytes:
-        return json.dumps({"error": self.code, "message": self.message}).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +185,11 @@ def _digest(key: str) -> bytes:
 # -- the policy -------------------------------------------------------------------------------------
 
 
+class Action(enum.Enum):
+    SUBSCRIBE = "subscribe to"
+    PUBLISH = "publish to"
+
+
 class AccessPolicy:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -225,30 +218,17 @@ class AccessPolicy:
 
     # -- connecting -----------------------------------------------------------------------------
 
-    def authenticate(self, scope: MutableMapping[str, Any]) -> Identity | Refusal:
+    def check_origin(self, scope: Mapping[str, Any]) -> None:
         """The synchronous gate ``Node.admit`` runs: the Origin allow-list.
 
         Credentials may need the network (JWKS, the ticket's claim channel),
         so the transports verify them next, with :meth:`identify`.
         """
         if not self.origins.permits(_header(scope, b"origin"), _header(scope, b"host")):
-            return Refusal(403, ErrorCode.ORIGIN_FORBIDDEN, "this origin may not connect", CloseCode.FORBIDDEN)
-        return ANONYMOUS
+            raise ClientError(ErrorCode.ORIGIN_FORBIDDEN, "this origin may not connect")
 
-    @overload
-    async def identify(
-        self, scope: Mapping[str, Any], broker: Broker, *, deferred: Literal[False] = False
-    ) -> Identity | Refusal: ...
-
-    @overload
-    async def identify(
-        self, scope: Mapping[str, Any], broker: Broker, *, deferred: Literal[True]
-    ) -> Identity | Refusal | None: ...
-
-    async def identify(
-        self, scope: Mapping[str, Any], broker: Broker, *, deferred: bool = False
-    ) -> Identity | Refusal | None:
-        """The identity a handshake's credential proves.
+    async def identify(self, scope: Mapping[str, Any], broker: Broker, *, deferred: bool = False) -> Identity | None:
+        """The identity a handshake's credential proves.  Raises ClientError.
 
         None means "no credential yet": allowed only with ``deferred`` (a
         WebSocket that will authenticate with its first frame).
@@ -259,79 +239,57 @@ class AccessPolicy:
                 return ANONYMOUS
             if deferred:
                 return None
-            return Refusal(401, ErrorCode.UNAUTHORIZED, "a token or ticket is required", CloseCode.UNAUTHORIZED)
+            raise ClientError(ErrorCode.UNAUTHORIZED, "a token or ticket is required")
         if credential.kind == "token" and not self.required:
             # Anonymous nodes keep today's behaviour: a token they cannot verify is ignored.
             return ANONYMOUS
         return await self.verify(credential, broker)
 
-    async def verify(self, credential: Credential, broker: Broker) -> Identity | Refusal:
+    async def verify(self, credential: Credential, broker: Broker) -> Identity:
+        """The identity a credential proves.  Raises ClientError."""
         try:
             if credential.kind == "ticket":
                 if self.tickets is None:
-                    return Refusal(401, ErrorCode.INVALID_TICKET, "tickets are not enabled", CloseCode.UNAUTHORIZED)
+                    raise ClientError(ErrorCode.INVALID_TICKET, "tickets are not enabled")
                 return Identity.of(await self.tickets.redeem(broker, credential.value))
             if not self.required:
-                return Refusal(401, ErrorCode.INVALID_TOKEN, "this node has no JWT key", CloseCode.UNAUTHORIZED)
+                raise ClientError(ErrorCode.INVALID_TOKEN, "this node has no JWT key")
             return Identity.of(await self.tokens.verify(credential.value))
         except TokenError as exc:
-            return self._token_refusal(credential.kind, exc)
+            raise self._token_refusal(credential.kind, exc) from None
         except TicketUnavailable as exc:
-            return Refusal(
-                503, ErrorCode.BROKER_UNAVAILABLE, f"cannot redeem tickets now: {exc}", CloseCode.TRY_AGAIN_LATER, 2
-            )
+            raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot redeem tickets now: {exc}") from None
 
     @staticmethod
-    def _token_refusal(kind: str, exc: TokenError) -> Refusal:
+    def _token_refusal(kind: str, exc: TokenError) -> ClientError:
         if exc.expired:
-            return Refusal(401, ErrorCode.TOKEN_EXPIRED, str(exc), CloseCode.TOKEN_EXPIRED)
+            return ClientError(ErrorCode.TOKEN_EXPIRED, str(exc))
         code = ErrorCode.INVALID_TICKET if kind == "ticket" else ErrorCode.INVALID_TOKEN
-        return Refusal(401, code, str(exc), CloseCode.UNAUTHORIZED)
+        return ClientError(code, str(exc))
 
-    async def first_frame(self, receive: Any, broker: Broker) -> Identity | Refusal:
-        """Authenticate a WebSocket by its first frame, ``{"type":"auth","token":…}``."""
-        timeout = self.settings.auth_timeout
-        no = Refusal(401, ErrorCode.UNAUTHORIZED, "the first frame must be auth", CloseCode.UNAUTHORIZED)
-        try:
-            async with asyncio.timeout(timeout):
-                message = await receive()
-        except TimeoutError:
-            return Refusal(401, ErrorCode.UNAUTHORIZED, f"no auth frame within {timeout:g}s", CloseCode.UNAUTHORIZED)
-        if message["type"] != "websocket.receive":
-            return Refusal(400, "disconnected", "client went away", CloseCode.NORMAL)
-        text = message.get("text")
-        if text is None:
-            text = (message.get("bytes") or b"").decode("utf-8", errors="replace")
-        try:
-            parsed = protocol.parse_client_message(text, max_channel_length=self.settings.max_channel_length)
-        except ProtocolError:
-            return no
-        if not isinstance(parsed, protocol.Auth):
-            return no
-        return await self.verify(_frame_credential(parsed), broker)
+    async def first_frame(self, message: protocol.ClientMessage, broker: Broker) -> Identity:
+        """Authenticate a WebSocket by its first message, which must be ``auth``.  Raises ClientError."""
+        if not isinstance(message, protocol.Auth):
+            raise ClientError(ErrorCode.UNAUTHORIZED, "the first frame must be auth")
+        return await self.verify(frame_credential(message), broker)
 
-    async def refresh(self, identity: Identity, message: protocol.Auth, broker: Broker) -> Identity | Refusal:
-        """A later auth/refresh frame: extend the connection, same user only."""
-        renewed = await self.verify(_frame_credential(message), broker)
-        if isinstance(renewed, Identity) and identity.user is not None and renewed.user != identity.user:
-            return Refusal(403, ErrorCode.INVALID_TOKEN, "a refreshed token must name the same user", CloseCode.FORBIDDEN)
+    async def refresh(self, identity: Identity, message: protocol.Auth, broker: Broker) -> Identity:
+        """A later auth/refresh frame: extend the connection, same user only.  Raises ClientError."""
+        renewed = await self.verify(frame_credential(message), broker)
+        if identity.user is not None and renewed.user != identity.user:
+            raise ClientError(ErrorCode.INVALID_TOKEN, "a refreshed token must name the same user")
         return renewed
 
     @staticmethod
     def deadline(identity: Identity | None) -> float | None:
-        """When (event loop time) the connection's credential runs out, for ``asyncio.timeout_at``."""
+        """When (event loop time) the connection's credential runs out."""
         if identity is None or identity.expires is None:
             return None
         return asyncio.get_running_loop().time() + (identity.expires - time.time())
 
-    @staticmethod
-    def expired(identity: Identity | None, now: float) -> bool:
-        """Has the credential run out at Unix time ``now``?  For a node-level sweep."""
-        return identity is not None and identity.expires is not None and identity.expires <= now
-
     def cors_headers(self, scope: Mapping[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
-        """CORS headers for an SSE response to a cross-origin EventSource that
-        :meth:`authenticate` already let through (so the Origin is allowed)."""
+        """CORS headers for a response to a cross-origin EventSource that
+        :meth:`check_origin` already let through (so the Origin is allowed)."""
         origin = _header(scope, b"origin")
         if origin is None:
             return ()
@@ -353,23 +311,28 @@ class AccessPolicy:
             return "#" in channel or grant_matches(patterns, channel)
         return False
 
-    def _check(self, identity: Identity, channel: str, verb: str, code: str) -> Refusal | None:
+    def _check(self, identity: Identity, channel: str, action: Action) -> None:
+        code = ErrorCode.SUBSCRIBE_FORBIDDEN if action is Action.SUBSCRIBE else ErrorCode.PUBLISH_FORBIDDEN
+        verb = action.value
         if channel.startswith(RESERVED_CHANNEL_PREFIX):
-            return Refusal(403, code, f"channels starting with {RESERVED_CHANNEL_PREFIX!r} are reserved")
+            raise ClientError(code, f"channels starting with {RESERVED_CHANNEL_PREFIX!r} are reserved", channel=channel)
         if "#" in channel and channel.partition("#")[2] != identity.user:
-            return Refusal(403, code, f"only the user named after '#' may {verb} {channel}")
+            raise ClientError(code, f"only the user named after '#' may {verb} {channel}", channel=channel)
         rule = self.rules.rule_for(channel)
-        mode = rule.subscribe if verb == "subscribe to" else rule.publish
-        patterns = identity.channels if verb == "subscribe to" else identity.publish
+        if action is Action.SUBSCRIBE:
+            mode, patterns = rule.subscribe, identity.channels
+        else:
+            mode, patterns = rule.publish, identity.publish
         if not self._decide(mode, identity, patterns, channel):
-            return Refusal(403, code, f"not allowed to {verb} {channel}")
-        return None
+            raise ClientError(code, f"not allowed to {verb} {channel}", channel=channel)
 
-    def check_subscribe(self, identity: Identity, channel: str) -> Refusal | None:
-        return self._check(identity, channel, "subscribe to", ErrorCode.SUBSCRIBE_FORBIDDEN)
+    def check_subscribe(self, identity: Identity, channel: str) -> None:
+        """Raises ClientError(subscribe_forbidden) unless ``identity`` may subscribe to ``channel``."""
+        self._check(identity, channel, Action.SUBSCRIBE)
 
-    def check_client_publish(self, identity: Identity, channel: str) -> Refusal | None:
-        return self._check(identity, channel, "publish to", ErrorCode.PUBLISH_FORBIDDEN)
+    def check_client_publish(self, identity: Identity, channel: str) -> None:
+        """Raises ClientError(publish_forbidden) unless ``identity`` may publish to ``channel``."""
+        self._check(identity, channel, Action.PUBLISH)
 
     # -- server API --------------------------------------------------------------------------------
 
@@ -380,55 +343,49 @@ class AccessPolicy:
             return value.strip()
         return headers.get("x-api-key") or None
 
-    def _key_refusal(self, headers: Mapping[str, str]) -> Refusal | None:
+    def _check_key(self, headers: Mapping[str, str]) -> None:
         key = self._api_key_of(headers)
         if key is None:
-            return Refusal(401, ErrorCode.UNAUTHORIZED, "an API key is required (Authorization: apikey KEY)")
+            raise ClientError(ErrorCode.UNAUTHORIZED, "an API key is required (Authorization: apikey KEY)")
         digest = _digest(key)
         # Compare against every key, so timing does not reveal which one matched.
         matched = False
         for known in self._api_keys:
             matched |= hmac.compare_digest(digest, known)
-        return None if matched else Refusal(401, ErrorCode.INVALID_API_KEY, "the API key is not valid")
+        if not matched:
+            raise ClientError(ErrorCode.INVALID_API_KEY, "the API key is not valid")
 
-    def check_api(self, request: Any) -> Refusal | None:
-        """May this HTTP request use the server API (publish)?"""
-        if not self._api_keys:
-            return None
-        headers: Mapping[str, str] = request.headers
-        return self._key_refusal(headers)
+    def check_api(self, headers: Mapping[str, str]) -> None:
+        """May a request with these headers use the server API (publish)?  Raises ClientError."""
+        if self._api_keys:
+            self._check_key(headers)
 
-    async def issue_ticket(self, headers: Mapping[str, str], body: Any) -> dict[str, Any] | Refusal:
+    async def issue_ticket(self, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
         """``POST /api/tickets``: for the bearer of a JWT, or for a server with an API key."""
         if self.tickets is None:
-            return Refusal(404, ErrorCode.TICKETS_DISABLED, "set ticket_secret or jwt_secret to enable tickets")
+            raise ClientError(ErrorCode.TICKETS_DISABLED, "set ticket_secret or jwt_secret to enable tickets")
         token = bearer(headers.get("authorization"))
         try:
             if token is not None:
                 if not self.required:
-                    return Refusal(401, ErrorCode.INVALID_TOKEN, "this node has no JWT key")
+                    raise ClientError(ErrorCode.INVALID_TOKEN, "this node has no JWT key")
                 claims = await self.tokens.verify(token)
             else:
                 if not self._api_keys:
-                    return Refusal(
-                        401, ErrorCode.UNAUTHORIZED, "send a Bearer token; server-side issuance needs api_keys"
-                    )
-                refusal = self._key_refusal(headers)
-                if refusal is not None:
-                    return refusal
+                    raise ClientError(ErrorCode.UNAUTHORIZED, "send a Bearer token; server-side issuance needs api_keys")
+                self._check_key(headers)
                 if not isinstance(body, dict):
-                    return Refusal(400, ErrorCode.INVALID_MESSAGE, 'send {"sub": USER, "channels": [...]}')
+                    raise ClientError(ErrorCode.INVALID_MESSAGE, 'send {"sub": USER, "channels": [...]}')
                 claims = claims_from(body)
         except TokenError as exc:
-            refusal = self._token_refusal("token", exc)
             if token is None:  # a bad request body, not a bad token
-                return Refusal(400, ErrorCode.INVALID_MESSAGE, str(exc))
-            return refusal
+                raise ClientError(ErrorCode.INVALID_MESSAGE, str(exc)) from None
+            raise self._token_refusal("token", exc) from None
         ticket = self.tickets.issue(claims)
         return {"ticket": ticket.value, "expires_in": ticket.expires_in}
 
 
-def _frame_credential(message: protocol.Auth) -> Credential:
+def frame_credential(message: protocol.Auth) -> Credential:
     if message.ticket is not None:
         return Credential("ticket", message.ticket, "frame")
     return Credential("token", message.token or "", "frame")

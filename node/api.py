@@ -26,8 +26,7 @@ from broker_adapters.types import (
     validate_event_type,
 )
 
-from .access import Refusal
-from .protocol import ErrorCode
+from .errors import ClientError, ErrorCode
 from .tickets import RESERVED_CHANNEL_PREFIX
 
 if TYPE_CHECKING:
@@ -39,60 +38,59 @@ BATCH_BODY_FACTOR = 16
 DEMO_PAGE = Path(__file__).with_name("demo.html")
 
 
-class APIError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+#: Operator endpoints, served on the client port too when there is no internal port.
+INTERNAL_PATHS = frozenset(("/metrics", "/drain"))
 
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": self.code, "message": self.message}, self.status, headers=self.headers)
+
+def error_response(error: ClientError) -> Response:
+    return Response(
+        error.body(),
+        error.status,
+        headers={k.decode(): v.decode() for k, v in error.headers()},
+        media_type="application/json",
+    )
 
 
 async def _read_json(node: Node, request: Request, optional: bool = False, limit: int | None = None) -> Any:
     limit = limit or node.settings.max_message_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
+        raise ClientError(ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
+            raise ClientError(ErrorCode.MESSAGE_TOO_LARGE, f"bodies are limited to {limit} bytes")
     if optional and not body.strip():
         return None
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise APIError(400, ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
+        raise ClientError(ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
     except RecursionError:
         # Deep nesting exhausts the decoder's recursion, which is not a ValueError.
-        raise APIError(400, ErrorCode.INVALID_JSON, "body is nested too deeply") from None
+        raise ClientError(ErrorCode.INVALID_JSON, "body is nested too deeply") from None
 
 
 def _parse_publication(node: Node, item: Any) -> tuple[str, str, str | None]:
     if not isinstance(item, dict):
-        raise APIError(400, ErrorCode.INVALID_MESSAGE, "a publication is a JSON object")
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "a publication is a JSON object")
     if "data" not in item:
-        raise APIError(400, ErrorCode.INVALID_MESSAGE, "a publication needs a data field")
+        raise ClientError(ErrorCode.INVALID_MESSAGE, "a publication needs a data field")
     try:
         channel = validate_channel(item.get("channel"), node.settings.max_channel_length)
         event = validate_event_type(item.get("event"))
         data = encode_data(item["data"])
         if len(data) > node.settings.max_message_bytes:
-            raise APIError(
-                413, ErrorCode.MESSAGE_TOO_LARGE, f"data is limited to {node.settings.max_message_bytes} bytes"
-            )
+            raise ClientError(ErrorCode.MESSAGE_TOO_LARGE, f"data is limited to {node.settings.max_message_bytes} bytes")
     except InvalidChannel as exc:
-        raise APIError(400, ErrorCode.INVALID_CHANNEL, str(exc)) from None
+        raise ClientError(ErrorCode.INVALID_CHANNEL, str(exc)) from None
     except InvalidEventType as exc:
-        raise APIError(400, ErrorCode.INVALID_EVENT_TYPE, str(exc)) from None
+        raise ClientError(ErrorCode.INVALID_EVENT_TYPE, str(exc)) from None
     except InvalidData as exc:
-        raise APIError(400, ErrorCode.INVALID_DATA, str(exc)) from None
+        raise ClientError(ErrorCode.INVALID_DATA, str(exc)) from None
     if channel.startswith(RESERVED_CHANNEL_PREFIX):
-        raise APIError(403, ErrorCode.PUBLISH_FORBIDDEN, f"channels starting with {RESERVED_CHANNEL_PREFIX!r} are reserved")
+        raise ClientError(ErrorCode.PUBLISH_FORBIDDEN, f"channels starting with {RESERVED_CHANNEL_PREFIX!r} are reserved")
     return channel, data, event
 
 
@@ -100,9 +98,7 @@ async def _publish_one(node: Node, channel: str, data: str, event: str | None) -
     try:
         publication = await node.hub.publish(channel, data, event, source="http")
     except BrokerError as exc:
-        raise APIError(
-            503, ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}", {"Retry-After": "1"}
-        ) from None
+        raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}") from None
     return {"channel": channel, "id": publication.position.event_id}
 
 
@@ -115,14 +111,13 @@ def _guarded(handler: Any, check_api: bool = True) -> Any:
     async def endpoint(request: Request) -> Response:
         node = _node(request)
         try:
-            refusal = node.access.check_api(request) if check_api else None
-            if refusal is not None:
-                raise APIError(refusal.status, refusal.code, refusal.message)
+            if check_api:
+                node.access.check_api(request.headers)
             response: Response = await handler(node, request)
             return response
-        except APIError as exc:
-            node.metrics.client_errors.labels(exc.code).inc()
-            return exc.response()
+        except ClientError as exc:
+            node.metrics.client_errors.labels(exc.code.value).inc()
+            return error_response(exc)
 
     return endpoint
 
@@ -137,9 +132,9 @@ async def publish_batch(node: Node, request: Request) -> Response:
     body = await _read_json(node, request, limit=node.settings.max_message_bytes * BATCH_BODY_FACTOR)
     items = body.get("publications") if isinstance(body, dict) else None
     if not isinstance(items, list) or not items:
-        raise APIError(400, ErrorCode.INVALID_MESSAGE, 'send {"publications": [...]} with at least one item')
+        raise ClientError(ErrorCode.INVALID_MESSAGE, 'send {"publications": [...]} with at least one item')
     if len(items) > MAX_BATCH:
-        raise APIError(413, ErrorCode.MESSAGE_TOO_LARGE, f"at most {MAX_BATCH} publications per batch")
+        raise ClientError(ErrorCode.MESSAGE_TOO_LARGE, f"at most {MAX_BATCH} publications per batch")
     # Validate everything before publishing anything, so a bad item cannot
     # leave half a batch behind.
     parsed = [_parse_publication(node, item) for item in items]
@@ -151,12 +146,10 @@ async def publish_batch(node: Node, request: Request) -> Response:
             # connections' writers run between items, so a large batch is not
             # one burst that overflows healthy clients' outboxes.
             await asyncio.sleep(0)
-        except APIError as exc:
+        except ClientError as exc:
             # Earlier items are published and keep their ids; say exactly where it stopped.
-            return JSONResponse(
-                {"error": exc.code, "message": exc.message, "published": results, "failed_at": index},
-                exc.status,
-                headers=exc.headers,
+            return error_response(
+                ClientError(exc.code, exc.message, extra={"published": results, "failed_at": index})
             )
     return JSONResponse({"results": results})
 
@@ -164,8 +157,6 @@ async def publish_batch(node: Node, request: Request) -> Response:
 async def issue_ticket(node: Node, request: Request) -> Response:
     # Authenticates itself: a Bearer JWT, or an API key for server-side issuance.
     issued = await node.access.issue_ticket(request.headers, await _read_json(node, request, optional=True))
-    if isinstance(issued, Refusal):
-        raise APIError(issued.status, issued.code, issued.message)
     return JSONResponse(issued, headers={"cache-control": "no-store"})
 
 

@@ -1,29 +1,36 @@
-"""The node's ASGI application.
+"""The node's HTTP applications: Starlette routes on the client port and on the internal port.
 
-The two long-lived endpoints, ``/ws`` and ``/sse``, are plain ASGI handlers
-dispatched here before Starlette, so the per-connection hot path carries no
-framework layers and keeps a handle on the server's transport (see
-:func:`node.connection.transport_of`).  Everything else is Starlette.
+The long-lived endpoints, ``/ws`` and ``/sse``, are not here: the edge
+protocol (:mod:`node.edge`) serves them itself, with no framework layer on
+the per-connection path.  Everything else is Starlette, reached through
+:class:`~node.asgi_http.Exchange`.
 
-When ``internal_port`` is set, requests are told apart by the local port they
-arrived on: metrics and drain are not reachable through the client port.
+When ``internal_port`` is set, metrics, drain and the other operator
+endpoints are only on that port; with ``internal_port`` 0 they are served on
+the client port too.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .api import client_routes, internal_routes
+from .api import INTERNAL_PATHS, client_routes, internal_routes
 from .runtime import Node
-from .sse import sse_endpoint
-from .websocket import websocket_endpoint
 
 
-def create_app(node: Node) -> ASGIApp:
+@dataclass(frozen=True, slots=True)
+class Apps:
+    #: The client port's application; it also runs the node's lifespan.
+    client: ASGIApp
+    internal: ASGIApp
+
+
+def create_apps(node: Node) -> Apps:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await node.start()
@@ -36,25 +43,13 @@ def create_app(node: Node) -> ASGIApp:
     client.state.node = node
     internal = Starlette(routes=internal_routes(node))
     internal.state.node = node
-    internal_port = node.settings.internal_port
+    if node.settings.internal_port:
+        return Apps(client, internal)
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await client(scope, receive, send)
-            return
-        server = scope.get("server")
-        if internal_port and server is not None and server[1] == internal_port:
-            await internal(scope, receive, send)
-            return
-        path = scope.get("path")
-        if kind == "websocket" and path == "/ws":
-            await websocket_endpoint(node, scope, receive, send)
-        elif kind == "http" and path == "/sse" and scope.get("method") == "GET":
-            await sse_endpoint(node, scope, receive, send)
-        elif not internal_port and kind == "http" and path in ("/metrics", "/drain"):
+    async def both(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") in INTERNAL_PATHS:
             await internal(scope, receive, send)
         else:
             await client(scope, receive, send)
 
-    return app
+    return Apps(both, internal)

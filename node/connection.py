@@ -1,17 +1,27 @@
-"""What a WebSocket session and an SSE stream have in common.
+"""A client connection after its handshake, WebSocket or SSE: what both have in common.
 
-A :class:`Connection` owns its subscriptions, its bounded :class:`Outbox` and
-the writer that drains the outbox to the socket.  The hub pushes into it
-without awaiting.  An idle, unblocked socket is written at once (see
-:mod:`node.direct`); otherwise the message is queued and a writer task,
-started on demand and gone once the queue is empty, batches whatever has
-queued up into as few writes as possible, each bounded by ``send_timeout``.
-An idle connection therefore holds no task of its own.
+A :class:`Connection` is the asyncio protocol of its socket from the
+handshake on: Fanline owns the bytes, with no ASGI in between, so an idle
+connection is one small object and its transport, and no task.
 
-A connection that cannot keep up is a *slow consumer*: its outbox overflows or
-a write times out.  It is then closed with a documented code (or SSE simply
-ends), and the client resumes from its last event id on reconnect, losing
-nothing.
+Writing.  The hub pushes deliveries and the connection queues its own
+messages into its :class:`~node.outbox.Outbox`, without awaiting.  The
+node's :class:`Flush` runs once per pass of the event loop and gives every
+connection with something queued one ``transport.write`` for all of it:
+publications that arrive together leave together, and connections that get
+the same messages share the bytes (see :meth:`Connection.encode`).  Nothing
+is delayed to make that happen: the flush is the end of the current pass.
+
+Bounds.  The transport stops us (``pause_writing``) once the kernel's send
+buffer, capped per socket, and the transport's own buffer are full; messages
+then wait in the outbox.  A client is a *slow consumer* when its outbox
+overflows, when its oldest waiting message is older than ``max_lag``, or
+when its socket has taken nothing for ``send_timeout``.  The first two apply
+the channel's policy (disconnect, reset or latest); the last aborts the TCP
+connection, since a client that reads nothing cannot be helped.  So a
+connection's memory is bounded by the outbox's bytes, the transport's
+high-water mark and the capped kernel buffer (docs/operations.md states the
+figure).
 """
 
 from __future__ import annotations
@@ -20,294 +30,329 @@ import abc
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any, ClassVar, Generic
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from broker_adapters.types import Position
 
-from .direct import DirectWrite
+from .errors import CloseCode
 from .hub import Delivery, Subscription
-from .outbox import Outbox, T
-from .protocol import CloseCode, ResetReason
+from .outbox import Outbox
+from .resume import ResetReason
 
 if TYPE_CHECKING:
+    from .access import Identity
     from .runtime import Node
 
 log = logging.getLogger("fanline.connection")
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
+
+class ResetItem:
+    """A reset waiting in an outbox; SSE encodes it when it is written (its composite id moves then)."""
+
+    __slots__ = ("subscription", "position", "reason")
+
+    def __init__(self, subscription: Subscription, position: Position, reason: ResetReason) -> None:
+        self.subscription = subscription
+        self.position = position
+        self.reason = reason
 
 
-def transport_of(send: Send) -> asyncio.BaseTransport | None:
-    """The socket transport behind an ASGI ``send``, if the server exposes it.
+#: What an outbox holds: a publication, a reset, or bytes the transport built already.
+Item = Delivery | ResetItem | bytes
 
-    uvicorn's ``send`` for both WebSocket and HTTP is a bound method of an
-    object holding the transport.  A write blocked by a client that stopped
-    reading cannot be cancelled through ASGI: closing politely queues a
-    close frame behind the stuck data and the socket lingers.  Aborting the
-    transport is the only way to free it, so we keep a handle when we can.
-    """
-    owner = getattr(send, "__self__", None)
-    transport = getattr(owner, "transport", None)
-    # uvloop's transports are not asyncio.BaseTransport subclasses: look for
-    # the methods rather than the class.
-    if all(callable(getattr(transport, name, None)) for name in ("write", "abort", "is_closing", "get_extra_info")):
-        return transport  # type: ignore[no-any-return]
-    return None
+# Size estimate of a delivery beyond its data: the envelope and framing.
+_ENVELOPE = 96
 
 
-def _set_user_timeout(transport: asyncio.BaseTransport, seconds: float) -> None:
-    """Let the kernel drop a peer that stops acknowledging what we send.
+def tune_socket(transport: asyncio.BaseTransport, user_timeout: float, send_buffer: int) -> None:
+    """Bound what the kernel holds for a peer, and how long it waits for an unresponsive one.
 
-    Heartbeats guarantee that something is sent every interval; with
-    TCP_USER_TIMEOUT, data left unacknowledged for ``seconds`` closes the
-    socket, so a vanished peer (a laptop lid closed, a dead NAT entry) is
-    detected even when nothing is reading from it and no ping is answered.
+    ``SO_SNDBUF`` caps the kernel's send buffer (Linux autotunes it up to
+    megabytes otherwise, and a slow reader's backlog would hide there,
+    unseen by our bounds).  ``TCP_USER_TIMEOUT`` drops a peer that stops
+    acknowledging data for ``user_timeout`` seconds: a closed laptop lid, a
+    dead NAT entry.
     """
     sock = transport.get_extra_info("socket")
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if sock is None or option is None:
+    if sock is None:
         return
     try:
-        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+        if send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(user_timeout * 1000))
     except OSError:
         pass
 
 
-class Connection(abc.ABC, Generic[T]):
-    transport_name: ClassVar[str]
+class Flush:
+    """Once per loop pass, write what every connection has queued: one write each."""
 
-    # Slots, not a __dict__: at 100k connections every attribute counts.
+    __slots__ = ("_dirty", "_scheduled", "_loop")
+
+    def __init__(self) -> None:
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, connection: Connection) -> None:
+        self._dirty.append(connection)
+        if not self._scheduled:
+            self._scheduled = True
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        # Bytes built this pass, by content: connections that receive the same
+        # publications share one encoding.
+        shared: dict[Any, bytes] = {}
+        for connection in dirty:
+            connection.flush(shared)
+
+
+class Connection(asyncio.Protocol, abc.ABC):
+    """The protocol of one client socket after its handshake."""
+
+    kind: ClassVar[str]
+
+    # Slots, not a __dict__: at 50,000 connections every attribute counts.
     __slots__ = (
-        "node", "send", "socket", "outbox", "subscriptions", "closing", "reconnect_after_ms", "direct",
-        "writing", "_writer", "_goodbye_said", "_events_out", "_bytes_out", "_frames_out", "__weakref__",
+        "node", "transport", "number", "identity", "subscriptions", "outbox", "closing", "paused_at",
+        "reconnect_after_ms", "established", "_dirty", "_expiry", "_goodbye_sent", "_released", "__weakref__",
     )
 
-    def __init__(self, node: Node, send: Send) -> None:
-        settings = node.settings
+    def __init__(self, node: Node, transport: asyncio.Transport, number: int, identity: Identity | None) -> None:
         self.node = node
-        self.send = send
-        self.socket = transport_of(send)
-        if self.socket is not None:
-            _set_user_timeout(self.socket, settings.heartbeat_timeout)
-        self.outbox: Outbox[T] = Outbox(settings.outbox_max_messages, settings.outbox_max_bytes)
-        self.subscriptions: dict[str, Subscription] = {}
+        self.transport = transport
+        # For log lines about this connection.
+        self.number = number
+        # None while a WebSocket waits for its auth frame.
+        self.identity = identity
+        self.subscriptions: dict[str, Subscription] | None = None
+        self.outbox: Outbox[Item] = Outbox()
         # Set once the connection is being closed: (close code, reason).
         self.closing: tuple[int, str] | None = None
-        # How long the client should wait before reconnecting, when we close it.
+        # Loop time when the transport paused writing (None: it takes data).
+        self.paused_at: float | None = None
+        # How long the client should wait before reconnecting, when we end it.
         self.reconnect_after_ms = node.settings.sse_retry_ms
-        # Set by the endpoint once the handshake is done (see node.direct).
-        self.direct: DirectWrite | None = None
-        # True while the writer task has a batch out of the outbox and not yet written.
-        self.writing = False
-        self._writer: asyncio.Task[None] | None = None
-        self._goodbye_said = False
-        metrics = node.metrics
-        self._events_out = metrics.events_out.labels(self.transport_name)
-        self._bytes_out = metrics.bytes_out.labels(self.transport_name)
-        self._frames_out = metrics.frames_out.labels(self.transport_name)
+        # False while it still counts as pending (a WebSocket awaiting its auth frame).
+        self.established = False
+        self._dirty = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._goodbye_sent = False
+        self._released = False
 
-    # -- what the hub calls --------------------------------------------------------
+    # -- asyncio.Protocol ---------------------------------------------------------------
 
-    def _direct_ok(self) -> bool:
-        """Can bytes go to the socket now, without overtaking anything queued?"""
-        return self.direct is not None and self.closing is None and not self.writing and not self.outbox
+    def pause_writing(self) -> None:
+        now = self.node.loop_time()
+        self.paused_at = now
+        self.outbox.mark(now)
+        self.node.paused.add(self)
+
+    def resume_writing(self) -> None:
+        self.paused_at = None
+        self.node.paused.discard(self)
+        waited = self.outbox.waited_since()
+        if waited is not None:
+            self.node.metrics.connection_lag.observe(self.node.loop_time() - waited)
+        self._mark_dirty()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.release()
+
+    # -- what the hub calls ---------------------------------------------------------------
 
     def push(self, subscription: Subscription, delivery: Delivery) -> None:
-        if self._direct_ok():
-            data = self.wire_event(subscription, delivery)
-            assert self.direct is not None
-            if self.direct(data):
-                self.count_written(1, len(data))
-                return
-        item = self.encode_event(subscription, delivery)
-        outbox = self.outbox
-        # While a channel is conflated, its newer events replace the held one,
-        # so the client never sees that channel's events out of order.
-        if outbox.latest and subscription.channel in outbox.latest:
-            outbox.put_latest(subscription.channel, item)
-            self.node.metrics.slow_consumers.labels("latest").inc()
-        elif not outbox.put(item):
-            self.overflow(subscription, item)
+        if self.closing is not None:
             return
-        self._kick()
+        outbox = self.outbox
+        channel = subscription.channel
+        if outbox.conflated(channel):
+            # A channel being conflated keeps only its newest event, so its
+            # events never leave out of order.
+            outbox.put_latest(channel, delivery, self.node.loop_time())
+            self.node.metrics.slow_consumers.labels("latest").inc()
+        elif not outbox.put(delivery, len(delivery.publication.data) + _ENVELOPE, self.node.outbox_limits):
+            self.overflow(subscription, delivery)
+            return
+        if not self._dirty:
+            self._dirty = True
+            self.node.flush.add(self)
 
     def push_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> None:
-        self.outbox.latest.pop(subscription.channel, None)
-        self.queue(self.encode_reset(subscription, position, reason))
+        self.outbox.drop_latest(subscription.channel)
+        self.send(ResetItem(subscription, position, reason))
 
-    def queue(self, item: T) -> None:
-        """Send a control message (a reply, a reset, a heartbeat) after everything before it."""
-        if self._direct_ok():
-            data = self.wire(item)
-            assert self.direct is not None
-            if self.direct(data):
-                self.count_written(1, len(data))
-                return
-        if not self.outbox.put(item):
+    # -- what the connection itself sends ----------------------------------------------------
+
+    def send(self, item: Item) -> None:
+        """Queue a message of the connection's own (a reply, a reset, a heartbeat) after everything before it."""
+        if self.closing is not None:
+            return
+        size = len(item) if isinstance(item, bytes) else _ENVELOPE
+        if not self.outbox.put(item, size, self.node.outbox_limits):
             self.slow_consumer("disconnect", "outbox full")
             return
-        self._kick()
+        self._mark_dirty()
 
-    def _kick(self) -> None:
-        """Make sure a writer is draining the outbox."""
-        writer = self._writer
-        if writer is None or writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_pending())
+    def _mark_dirty(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self.node.flush.add(self)
 
-    def overflow(self, subscription: Subscription, item: T) -> None:
+    def overflow(self, subscription: Subscription, delivery: Delivery) -> None:
         """The outbox is full: apply the channel's slow-consumer policy."""
         policy = self.node.slow_consumer_policy(subscription.channel)
         if policy == "latest":
-            self.outbox.put_latest(subscription.channel, item)
+            self.outbox.put_latest(subscription.channel, delivery, self.node.loop_time())
             self.node.metrics.slow_consumers.labels("latest").inc()
-            self._kick()
+            self._mark_dirty()
         elif policy == "reset":
-            self.slow_consumer("reset", "outbox full")
-            dropped = self.outbox.clear()
-            log.warning(
-                "slow consumer reset",
-                extra={"transport": self.transport_name, "dropped": dropped, "channel": subscription.channel},
-            )
-            # Every channel lost queued events: each gets an explicit reset
-            # at the newest position the client has been told about.
-            for sub in self.subscriptions.values():
-                if sub.held is None:
-                    self.push_reset(sub, sub.position, ResetReason.SLOW_CONSUMER)
+            self.reset_everything("outbox full")
         else:
             self.slow_consumer("disconnect", "outbox full")
 
-    # -- transport specifics ---------------------------------------------------------
+    def reset_everything(self, why: str) -> None:
+        """Drop what is queued and tell every channel so, with a reset at its last queued position."""
+        self.node.metrics.slow_consumers.labels("reset").inc()
+        dropped = self.outbox.clear()
+        log.warning(
+            "slow consumer reset",
+            extra={"connection": self.number, "transport": self.kind, "dropped": dropped, "why": why},
+        )
+        for subscription in (self.subscriptions or {}).values():
+            if subscription.held is None:
+                self.outbox.force(ResetItem(subscription, subscription.position, ResetReason.SLOW_CONSUMER), _ENVELOPE)
+        self._mark_dirty()
 
-    @abc.abstractmethod
-    def encode_event(self, subscription: Subscription, delivery: Delivery) -> T: ...
-
-    @abc.abstractmethod
-    def encode_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> T: ...
-
-    @abc.abstractmethod
-    def wire(self, item: T) -> bytes:
-        """One queued message as the bytes the socket carries."""
-
-    @abc.abstractmethod
-    def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
-        """An event as socket bytes, shared between subscribers where the transport allows."""
-
-    @abc.abstractmethod
-    async def write(self, batch: list[T]) -> None:
-        """Write a batch to the socket (as few frames as the transport allows)."""
-
-    @abc.abstractmethod
-    async def say_goodbye(self, code: int, reason: str) -> None:
-        """Tell the client the connection ends (a close frame, the end of the stream)."""
-
-    # -- lifecycle ------------------------------------------------------------------------
-
-    def close(self, code: int, reason: str, flush: bool = False, goodbye: bool = True) -> None:
-        """Stop sending and say goodbye.  Safe to call more than once.
-
-        ``flush`` writes what is already queued first; otherwise it is dropped
-        (a slow consumer's backlog).  ``goodbye=False`` when the client is
-        already gone and nobody is left to tell.
-        """
-        if self.closing is None:
-            self.closing = (code, reason)
-            self.outbox.close(discard=not flush)
-            if goodbye:
-                self._kick()
+    def conflate_everything(self) -> None:
+        """The ``latest`` policy for a lagging connection: keep only each channel's newest queued event."""
+        queued = self.outbox.take(len(self.outbox) + 1)
+        now = self.node.loop_time()
+        for item in queued:
+            if isinstance(item, Delivery):
+                self.outbox.put_latest(item.publication.channel, item, now)
             else:
-                self._goodbye_said = True
+                self.outbox.force(item, len(item) if isinstance(item, bytes) else _ENVELOPE)
+        self.outbox.mark(now)
+        self.node.metrics.slow_consumers.labels("latest").inc()
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def flush(self, shared: dict[Any, bytes]) -> None:
+        """Write what is queued, as one write per ``write_batch`` messages; called by :class:`Flush`."""
+        self._dirty = False
+        if self._released:
+            return
+        if self.paused_at is not None:
+            # Nothing can be written; what was queued this pass starts waiting now.
+            self.outbox.mark(self.node.loop_time())
+            return
+        outbox = self.outbox
+        transport = self.transport
+        limit = self.node.settings.write_batch
+        while outbox and self.paused_at is None:
+            items = outbox.take(limit)
+            data = self.encode(items, shared)
+            if data:
+                transport.write(data)
+                self.node.count_written(self.kind, items, len(data))
+        if self.paused_at is not None:
+            outbox.mark(self.paused_at)
+        elif self.closing is not None and not self._goodbye_sent:
+            self._goodbye_sent = True
+            self.say_goodbye()
+
+    @abc.abstractmethod
+    def encode(self, items: list[Item], shared: dict[Any, bytes]) -> bytes:
+        """The bytes for ``items``, in order; reuse ``shared`` where the bytes do not depend on the connection."""
+
+    @abc.abstractmethod
+    def say_goodbye(self) -> None:
+        """Tell the client the connection ends (a close frame, the end of the stream) and close."""
+
+    @abc.abstractmethod
+    def send_heartbeat(self) -> None:
+        """Queue something the client can see, so both ends know the link lives."""
+
+    def say_draining(self, reconnect_after_ms: int) -> None:
+        """Queue the transport's drain notice, if it has one."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str, *, flush: bool = True) -> None:
+        """Stop sending new messages and say goodbye after what is queued (or instead of it).
+
+        ``flush=False`` drops the queue (a slow consumer's backlog).  Safe to
+        call more than once.
+        """
+        if self.closing is not None or self._released:
+            return
+        self.closing = (code, reason)
+        if not flush:
+            self.outbox.clear()
+        self._mark_dirty()
 
     def drain(self, reconnect_after_ms: int) -> None:
         """Close because the node drains; the client should reconnect elsewhere."""
         self.reconnect_after_ms = reconnect_after_ms
         self.say_draining(reconnect_after_ms)
-        self.close(CloseCode.SERVICE_RESTART, "node draining", flush=True)
+        self.close(CloseCode.SERVICE_RESTART, "node draining")
 
-    def say_draining(self, reconnect_after_ms: int) -> None:
-        """Queue the transport's drain notice, if it has one."""
-
-    @abc.abstractmethod
-    def send_heartbeat(self) -> None:
-        """Queue something the client can see, so both ends know the link lives."""
+    def shutdown(self) -> None:
+        """uvicorn's shutdown hook: the server is stopping now."""
+        self.close(CloseCode.GOING_AWAY, "node stopping")
 
     def slow_consumer(self, policy: str, why: str) -> None:
         """Count and log a slow-consumer action; ``disconnect`` also closes."""
         if self.closing is not None:
             return
         self.node.metrics.slow_consumers.labels(policy).inc()
-        if policy == "disconnect":
-            log.warning(
-                "slow consumer disconnected",
-                extra={"transport": self.transport_name, "why": why, "queued": len(self.outbox)},
-            )
-            self.close(CloseCode.SLOW_CONSUMER, "slow consumer")
+        log.warning(
+            "slow consumer disconnected",
+            extra={"connection": self.number, "transport": self.kind, "why": why, "queued": len(self.outbox)},
+        )
+        self.close(CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
 
     def abort(self) -> None:
         """Drop the socket at once, whatever is buffered for it."""
-        if self.socket is not None and not self.socket.is_closing():
-            abort = getattr(self.socket, "abort", None)
-            if abort is not None:
-                abort()
+        if not self.transport.is_closing():
+            self.transport.abort()
+        self.release()
 
-    async def _write_pending(self) -> None:
-        """The writer: drain the outbox, then say goodbye if the connection is closing."""
-        settings = self.node.settings
-        limit = settings.write_batch
-        timeout = settings.send_timeout
-        try:
-            while self.outbox:
-                batch = self.outbox.take(limit)
-                # No await between take() and here: pushes see either a
-                # non-empty outbox or a write in flight, never neither.
-                self.writing = True
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self.write(batch)
-                except TimeoutError:
-                    # Whatever the channel's policy, a write stuck this long
-                    # means the client is not reading at all.
-                    self.slow_consumer("disconnect", f"write blocked for {timeout}s")
-                    self._goodbye_said = True
-                    self.abort()
-                    return
-                finally:
-                    self.writing = False
-            if self.closing is not None and not self._goodbye_said:
-                self._goodbye_said = True
-                code, reason = self.closing
-                try:
-                    async with asyncio.timeout(timeout):
-                        await self.say_goodbye(code, reason)
-                except TimeoutError:
-                    self.abort()
-        except OSError:
-            # The client went away mid-write (uvicorn's ClientDisconnected).
-            self.close(1006, "client disconnected", goodbye=False)
-
-    async def finish(self) -> None:
-        """Close (if not yet) and wait for the writer to flush and say goodbye."""
-        if self.closing is None:
-            self.close(1000, "")
-        try:
-            while self._writer is not None and not self._writer.done():
-                await asyncio.shield(self._writer)
-        finally:
-            if self._writer is not None and not self._writer.done():
-                self._writer.cancel()
-                await asyncio.gather(self._writer, return_exceptions=True)
-
-    def count_written(self, events: int, size: int) -> None:
-        self._events_out.inc(events)
-        self._bytes_out.inc(size)
-        self._frames_out.inc()
+    def expire_at(self, deadline: float | None, callback: Callable[[], None]) -> None:
+        """Run ``callback`` at loop time ``deadline`` (a token's expiry); replaces an earlier one."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if deadline is not None:
+            self._expiry = asyncio.get_running_loop().call_at(deadline, callback)
 
     def release(self) -> None:
-        """Unsubscribe everything; called once when the connection has ended."""
-        self.close(1006, "connection ended", goodbye=False)
+        """The connection has ended: unsubscribe everything and forget it.  Idempotent."""
+        if self._released:
+            return
+        self._released = True
+        if self.closing is None:
+            self.closing = (1006, "connection ended")
+        self.outbox.clear()
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         hub = self.node.hub
-        for subscription in self.subscriptions.values():
+        for subscription in (self.subscriptions or {}).values():
             hub.unsubscribe(subscription)
-        self.subscriptions.clear()
+        self.subscriptions = None
+        self.node.unregister(self)
+        self.released()
+
+    def released(self) -> None:
+        """Subclasses release what they own (tasks, timers)."""

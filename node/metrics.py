@@ -207,6 +207,18 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.draining = Gauge(p + "draining", "1 while the node is draining.")
+        self.pending_connections = Gauge(
+            p + "pending_connections",
+            "Sockets in their handshake, WebSockets awaiting their auth frame, and plain HTTP "
+            "connections, per port (bounded by max_pending each).",
+            ("port",),
+        )
+        self.connection_lag = Histogram(
+            p + "connection_lag_seconds",
+            "How long events waited behind a connection's full socket: observed when the socket takes "
+            "data again, and when the slow-consumer policy acts on a lagging client.",
+            (*LATENCY_BUCKETS, 20.0, 30.0, 60.0),
+        )
 
     def all(self) -> list[Metric]:
         return [m for m in vars(self).values() if isinstance(m, Metric)]

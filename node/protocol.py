@@ -1,11 +1,11 @@
-"""The WebSocket wire protocol, without I/O.
+"""Fanline's messages, without I/O: what clients send and what the node answers.
 
 Client messages are parsed into dataclasses here and nowhere else; server
-messages are encoded here and nowhere else.  docs/protocol.md is the
-specification; this module is its implementation.
-
-A server text frame holds one or more JSON objects separated by ``\\n`` (the
-server batches queued messages).  A client frame holds exactly one object.
+messages are encoded here and nowhere else, as the compact JSON that a
+WebSocket text frame carries (one per line, several lines per frame) and an
+SSE event carries as its data.  The framing of each transport is elsewhere
+(:mod:`node.websocket_frames`, :mod:`node.sse_events`).  docs/protocol.md is
+the specification; this module is its implementation.
 """
 
 from __future__ import annotations
@@ -26,69 +26,16 @@ from broker_adapters.types import (
     validate_event_type,
 )
 
+from .errors import ClientError, ErrorCode
+
 # Re-exported: the reset reasons are part of the wire protocol.
 from .resume import ResetReason as ResetReason
 
 PROTOCOL_VERSION = 1
 
 
-class ErrorCode:
-    """Error codes carried by ``error`` frames and HTTP error bodies."""
-
-    INVALID_JSON = "invalid_json"
-    INVALID_MESSAGE = "invalid_message"
-    UNKNOWN_TYPE = "unknown_type"
-    INVALID_CHANNEL = "invalid_channel"
-    INVALID_EVENT_ID = "invalid_event_id"
-    INVALID_EVENT_TYPE = "invalid_event_type"
-    INVALID_DATA = "invalid_data"
-    MESSAGE_TOO_LARGE = "message_too_large"
-    ALREADY_SUBSCRIBED = "already_subscribed"
-    NOT_SUBSCRIBED = "not_subscribed"
-    TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
-    PUBLISH_FORBIDDEN = "publish_forbidden"
-    SUBSCRIBE_FORBIDDEN = "subscribe_forbidden"
-    RATE_LIMITED = "rate_limited"
-    BROKER_UNAVAILABLE = "broker_unavailable"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
-    DRAINING = "draining"
-    INTERNAL = "internal"
-    # -- security: see docs/security.md
-    UNAUTHORIZED = "unauthorized"  # no credential where one is required
-    INVALID_TOKEN = "invalid_token"
-    TOKEN_EXPIRED = "token_expired"
-    INVALID_TICKET = "invalid_ticket"  # forged, expired or already used
-    INVALID_API_KEY = "invalid_api_key"
-    ORIGIN_FORBIDDEN = "origin_forbidden"
-    TICKETS_DISABLED = "tickets_disabled"
-
-
-class CloseCode:
-    """WebSocket close codes Fanline uses.  See docs/protocol.md."""
-
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012  # draining: reconnect elsewhere and resume
-    TRY_AGAIN_LATER = 1013
-    SLOW_CONSUMER = 4008  # fell behind: reconnect and resume
-    UNAUTHORIZED = 4001
-    FORBIDDEN = 4003
-    TOKEN_EXPIRED = 4011
-    RATE_LIMITED = 4029
-    BROKER_UNAVAILABLE = 4503
-
-
-class ProtocolError(Exception):
-    """A client message that cannot be acted on.  Answered with an error frame."""
-
-    def __init__(self, code: str, message: str, rid: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.rid = rid
+def _refusal(code: ErrorCode, message: str, rid: Any = None, channel: str | None = None) -> ClientError:
+    return ClientError(code, message, rid=rid, channel=channel)
 
 
 # -- client messages -------------------------------------------------------------
@@ -140,20 +87,20 @@ def _rid(message: dict[str, Any]) -> Any:
         return rid
     if isinstance(rid, str) and len(rid) <= 64:
         return rid
-    raise ProtocolError(ErrorCode.INVALID_MESSAGE, "rid must be a number or a string of at most 64 characters")
+    raise _refusal(ErrorCode.INVALID_MESSAGE, "rid must be a number or a string of at most 64 characters")
 
 
 def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientMessage:
-    """Parse one client frame.  Raises :class:`ProtocolError` with a documented code."""
+    """Parse one client message.  Raises :class:`~node.errors.ClientError` with a documented code."""
     try:
         message = json.loads(text)
     except ValueError as exc:
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"frame is not JSON: {exc}") from None
+        raise _refusal(ErrorCode.INVALID_JSON, f"frame is not JSON: {exc}") from None
     except RecursionError:
         # Deep nesting exhausts the decoder's recursion, which is not a ValueError.
-        raise ProtocolError(ErrorCode.INVALID_JSON, "frame is nested too deeply") from None
+        raise _refusal(ErrorCode.INVALID_JSON, "frame is nested too deeply") from None
     if not isinstance(message, dict):
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
+        raise _refusal(ErrorCode.INVALID_MESSAGE, "frame must be a JSON object")
     rid = _rid(message)
     kind = message.get("type")
     try:
@@ -163,7 +110,7 @@ def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientM
             token, ticket = message.get("token"), message.get("ticket")
             given = [v for v in (token, ticket) if v is not None]
             if len(given) != 1 or not isinstance(given[0], str) or not given[0]:
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{kind} needs a token or a ticket string", rid)
+                raise _refusal(ErrorCode.INVALID_MESSAGE, f"{kind} needs a token or a ticket string", rid)
             return Auth(token=token, ticket=ticket, rid=rid)
         if kind in ("subscribe", "unsubscribe", "publish"):
             channel = validate_channel(message.get("channel"), max_channel_length)
@@ -172,25 +119,31 @@ def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientM
             if kind == "subscribe":
                 since_raw = message.get("since")
                 if since_raw is not None and not isinstance(since_raw, str):
-                    raise ProtocolError(ErrorCode.INVALID_EVENT_ID, "since must be an event id string", rid)
+                    raise _refusal(ErrorCode.INVALID_EVENT_ID, "since must be an event id string", rid, channel)
                 since = Position.parse(since_raw) if since_raw else None
                 return Subscribe(channel, since=since, rid=rid)
             if "data" not in message:
-                raise ProtocolError(ErrorCode.INVALID_MESSAGE, "publish needs a data field", rid)
+                raise _refusal(ErrorCode.INVALID_MESSAGE, "publish needs a data field", rid, channel)
             event = validate_event_type(message.get("event"))
             return Publish(channel, encode_data(message["data"]), event=event, rid=rid)
     except InvalidChannel as exc:
-        raise ProtocolError(ErrorCode.INVALID_CHANNEL, str(exc), rid) from None
+        raise _refusal(ErrorCode.INVALID_CHANNEL, str(exc), rid) from None
     except InvalidEventId as exc:
-        raise ProtocolError(ErrorCode.INVALID_EVENT_ID, str(exc), rid) from None
+        raise _refusal(ErrorCode.INVALID_EVENT_ID, str(exc), rid, _named(message)) from None
     except InvalidEventType as exc:
-        raise ProtocolError(ErrorCode.INVALID_EVENT_TYPE, str(exc), rid) from None
+        raise _refusal(ErrorCode.INVALID_EVENT_TYPE, str(exc), rid, _named(message)) from None
     except InvalidData as exc:
-        raise ProtocolError(ErrorCode.INVALID_DATA, str(exc), rid) from None
+        raise _refusal(ErrorCode.INVALID_DATA, str(exc), rid, _named(message)) from None
     if kind is None:
-        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frame needs a type field", rid)
+        raise _refusal(ErrorCode.INVALID_MESSAGE, "frame needs a type field", rid)
     shown = kind[:40] if isinstance(kind, str) else type(kind).__name__
-    raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown!r}", rid)
+    raise _refusal(ErrorCode.UNKNOWN_TYPE, f"unknown message type {shown!r}", rid)
+
+
+def _named(message: dict[str, Any]) -> str | None:
+    """The message's channel, once it is known to be a valid one."""
+    channel = message.get("channel")
+    return channel if isinstance(channel, str) else None
 
 
 # -- server messages -----------------------------------------------------------------
@@ -244,12 +197,12 @@ def event_frame(publication: Publication) -> str:
 
 
 def reset_frame(channel: str, position: Position, reason: str) -> str:
-    return _frame(type="reset", channel=channel, id=position.event_id, reason=reason)
+    return _frame(type="reset", channel=channel, id=position.event_id, reason=str(reason))
 
 
-def error_frame(code: str, message: str, rid: Any = None, channel: str | None = None) -> str:
+def error_frame(error: ClientError) -> str:
     """An error answer; ``channel`` names the channel of a failed subscribe, unsubscribe or publish."""
-    return _frame(type="error", code=code, message=message, rid=rid, channel=channel)
+    return _frame(type="error", code=error.code.value, message=error.message, rid=error.rid, channel=error.channel)
 
 
 def refreshed_frame(user: str | None, expires: float | None, rid: Any) -> str:

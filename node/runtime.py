@@ -2,7 +2,11 @@
 
 :class:`Node` is the one owner of everything long-lived in a node process.
 Each background task is started in :meth:`Node.start` and cancelled in
-:meth:`Node.stop`.
+:meth:`Node.stop`.  It also keeps the node-wide accounts of connections:
+*pending* ones (in their handshake, or a WebSocket awaiting its auth frame;
+bounded by ``max_pending`` per port) and *established* ones (bounded by
+``max_connections``), and runs the one ticker that sends heartbeats and the
+one sweeper that finds stalled writers, rather than a timer per connection.
 """
 
 from __future__ import annotations
@@ -11,21 +15,24 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from broker_adapters import Broker, open_broker
 from broker_adapters.base import BrokerError
 from broker_adapters.tasks import TaskSet
 
-from .access import AccessPolicy, Identity, Refusal
-from .hub import Hub
+from .access import AccessPolicy
+from .connection import Flush, tune_socket
+from .errors import ClientError, CloseCode, ErrorCode
+from .hub import Delivery, Hub
 from .logs import LogThrottle
 from .metrics import Metrics
-from .protocol import CloseCode, ErrorCode
+from .outbox import OutboxLimits
 from .settings import Settings
 
 if TYPE_CHECKING:
-    from .connection import Connection, Message
+    from .connection import Connection, Item
 
 log = logging.getLogger("fanline.node")
 
@@ -43,8 +50,17 @@ class Node:
             subscribe_wait=settings.subscribe_wait,
         )
         self.access = AccessPolicy(settings)
-        self.connections: set[Connection[str] | Connection[bytes]] = set()
+        self.connections: set[Connection] = set()
         self.draining = False
+        self.flush = Flush()
+        # Connections whose transport stopped taking data (see Connection.pause_writing).
+        self.paused: set[Connection] = set()
+        self.outbox_limits = OutboxLimits(settings.outbox_max_messages, settings.outbox_max_bytes)
+        # Pending connections per port (False: client port, True: internal port).
+        self.pending = {False: 0, True: 0}
+        # uvicorn's set of open connections, so its shutdown can reach ours.
+        self.server_connections: set[Any] | None = None
+        self._numbers = 0
         self._tasks = TaskSet()
         self._broker_started = False
         self._drain_task: asyncio.Task[None] | None = None
@@ -52,9 +68,12 @@ class Node:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._namespace_policies = settings.namespace_policies()
         self._limit_log = LogThrottle(10.0)
-        self._connection_gauges = {
-            t: self.metrics.connections.labels(t) for t in ("ws", "sse")
+        m = self.metrics
+        self._gauges = {t: m.connections.labels(t) for t in ("ws", "sse")}
+        self._written = {
+            t: (m.events_out.labels(t), m.bytes_out.labels(t), m.frames_out.labels(t)) for t in ("ws", "sse")
         }
+        self._pending_gauges = {False: m.pending_connections.labels("client"), True: m.pending_connections.labels("internal")}
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -63,6 +82,7 @@ class Node:
         log.info("node starting", extra={"node": self.name, "settings": self.settings.redacted()})
         self._tasks.spawn(self._connect_broker(), "broker-connect")
         self._tasks.spawn(self._heartbeat_forever(), "heartbeat")
+        self._tasks.spawn(self._sweep_forever(), "sweep")
         if self.settings.stream_check_interval > 0:
             self._tasks.spawn(self.hub.check_streams_forever(self.settings.stream_check_interval), "stream-check")
 
@@ -72,6 +92,12 @@ class Node:
         await self._tasks.cancel_all()
         await self.hub.close()
         await self.broker.close()
+
+    def loop_time(self) -> float:
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        return loop.time()
 
     async def _connect_broker(self) -> None:
         """Start the broker, retrying with jittered backoff; then watch its health."""
@@ -103,42 +129,91 @@ class Node:
             ok = False
         return (True, "ok") if ok else (False, "broker unreachable")
 
-    # -- connections -------------------------------------------------------------------
+    # -- admission and accounts ------------------------------------------------------------
 
-    def admit(self, scope: Message, transport: str) -> Identity | Refusal:
+    def admit(self, scope: Mapping[str, Any]) -> None:
+        """May a new client connect at all?  Raises ClientError (answered before accepting)."""
         if self.draining:
             self.metrics.limit_rejections.labels("draining").inc()
-            return Refusal(503, ErrorCode.DRAINING, "node is draining; connect to another node", CloseCode.TRY_AGAIN_LATER, 1)
+            raise ClientError(ErrorCode.DRAINING, "node is draining; connect to another node")
         if not self.hub.broker_available:
             # Health tells the truth: a node that cannot reach its broker takes
             # no clients (they would only get broker_unavailable answers), at
             # start-up as during an outage.  Connected clients stay.
             self.metrics.limit_rejections.labels("broker_unavailable").inc()
-            return Refusal(
-                503,
-                ErrorCode.BROKER_UNAVAILABLE,
-                "node cannot reach its broker; try again",
-                CloseCode.TRY_AGAIN_LATER,
-                1,
-            )
-        if len(self.connections) >= self.settings.max_connections:
-            self.limit_rejected("connections", max_connections=self.settings.max_connections)
-            return Refusal(
-                503, ErrorCode.TOO_MANY_CONNECTIONS, "node is at its connection limit", CloseCode.TRY_AGAIN_LATER, 5
-            )
-        return self.access.authenticate(scope)
+            raise ClientError(ErrorCode.BROKER_UNAVAILABLE, "node cannot reach its broker; try again")
+        self.access.check_origin(scope)
 
-    def register(self, connection: Connection[str] | Connection[bytes]) -> None:
+    def has_room(self) -> bool:
+        return len(self.connections) < self.settings.max_connections
+
+    def full(self) -> ClientError:
+        self.limit_rejected("connections", max_connections=self.settings.max_connections)
+        return ClientError(ErrorCode.TOO_MANY_CONNECTIONS, "node is at its connection limit")
+
+    def take_pending(self, internal: bool) -> bool:
+        """Count a new socket as pending; False (refuse it) past ``max_pending`` for its port."""
+        if self.pending[internal] >= self.settings.max_pending:
+            self.limit_rejected("pending", max_pending=self.settings.max_pending, internal_port=internal)
+            return False
+        self.pending[internal] += 1
+        self._pending_gauges[internal].inc()
+        return True
+
+    def release_pending(self, internal: bool = False) -> None:
+        self.pending[internal] -= 1
+        self._pending_gauges[internal].dec()
+
+    def next_number(self) -> int:
+        self._numbers += 1
+        return self._numbers
+
+    def adopt(self, connection: Connection, *, established: bool) -> None:
+        """A socket became a WebSocket or SSE connection (established, or still pending auth)."""
+        settings = self.settings
+        tune_socket(connection.transport, settings.heartbeat_timeout, settings.send_buffer)
+        # Past this many bytes in the transport's own buffer, it pauses us and
+        # messages wait in the (bounded) outbox, where the policies can see them.
+        connection.transport.set_write_buffer_limits(high=settings.send_buffer)
+        if self.server_connections is not None:
+            self.server_connections.add(connection)
+        if established:
+            self.register(connection)
+
+    def promote(self, connection: Connection) -> bool:
+        """A pending WebSocket proved who it is: count it as established, if there is room."""
+        if not self.has_room():
+            connection.refuse(self.full())  # type: ignore[attr-defined]
+            return False
+        self.release_pending()
+        self.register(connection)
+        return True
+
+    def register(self, connection: Connection) -> None:
+        connection.established = True
         self.connections.add(connection)
-        self._connection_gauges[connection.transport_name].inc()
-        self.metrics.connections_total.labels(connection.transport_name).inc()
+        self._gauges[connection.kind].inc()
+        self.metrics.connections_total.labels(connection.kind).inc()
 
-    def unregister(self, connection: Connection[str] | Connection[bytes]) -> None:
+    def unregister(self, connection: Connection) -> None:
+        if self.server_connections is not None:
+            self.server_connections.discard(connection)
+        self.paused.discard(connection)
+        if not connection.established:
+            self.release_pending()
+            connection.established = True  # released once
+            return
         if connection in self.connections:
             self.connections.discard(connection)
-            self._connection_gauges[connection.transport_name].dec()
+            self._gauges[connection.kind].dec()
             if self.draining and not self.connections:
                 self._all_closed.set()
+
+    def count_written(self, kind: str, items: list[Item], size: int) -> None:
+        events, written, writes = self._written[kind]
+        events.inc(sum(1 for item in items if type(item) is Delivery))
+        written.inc(size)
+        writes.inc()
 
     def limit_rejected(self, limit: str, **details: object) -> None:
         """Count a refusal by a limit, and log it without flooding the log."""
@@ -198,14 +273,57 @@ class Node:
                     await self._all_closed.wait()
         log.info("drain finished", extra={"left": len(self.connections)})
 
-    # -- heartbeats ----------------------------------------------------------------------
+    # -- heartbeats and stalled writers ---------------------------------------------------------
 
     async def _heartbeat_forever(self) -> None:
-        # One ticker for the whole node rather than a timer per connection.
+        """One ticker for the whole node: a heartbeat every interval, then a check of the pings."""
         interval = self.settings.heartbeat_interval
+        timeout = self.settings.heartbeat_timeout
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, interval - timeout) if interval > timeout else interval)
             for connection in list(self.connections):
                 if connection.closing is None:
                     connection.send_heartbeat()
+            await asyncio.sleep(min(timeout, interval))
+            self._close_silent_peers(timeout)
 
+    def _close_silent_peers(self, timeout: float) -> None:
+        now = self.loop_time()
+        for connection in list(self.connections):
+            sent = getattr(connection, "ping_sent", None)
+            if sent is not None and now - sent >= timeout and connection.closing is None:
+                self.metrics.limit_rejections.labels("ping_timeout").inc()
+                connection.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", flush=False)
+                # The peer is not answering: do not wait for its close frame.
+                connection.abort()
+
+    async def _sweep_forever(self) -> None:
+        """Once a second: writers stalled past ``send_timeout``, clients lagging past ``max_lag``."""
+        settings = self.settings
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop_time()
+            for connection in list(self.paused):
+                paused_at = connection.paused_at
+                if paused_at is not None and now - paused_at >= settings.send_timeout:
+                    # Whatever the channel's policy, a socket that takes nothing
+                    # for this long belongs to a client that is not reading.
+                    connection.slow_consumer("disconnect", f"write blocked for {settings.send_timeout:g}s")
+                    connection.abort()
+                    continue
+                waited = connection.outbox.waited_since()
+                if waited is not None and now - waited >= settings.max_lag:
+                    self._lagging(connection, now - waited)
+
+    def _lagging(self, connection: Connection, lag: float) -> None:
+        self.metrics.connection_lag.observe(lag)
+        channels = list(connection.subscriptions or ())
+        policy = self.slow_consumer_policy(channels[0]) if channels else self.settings.slow_consumer_policy
+        why = f"{lag:.1f}s behind (max_lag {self.settings.max_lag:g}s)"
+        if policy == "reset":
+            connection.reset_everything(why)
+        elif policy == "latest":
+            connection.conflate_everything()
+        else:
+            connection.slow_consumer("disconnect", why)
+            connection.abort()

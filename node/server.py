@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import resource
 import socket
 from types import FrameType
 
 import uvicorn
 import uvloop
 
-from .app import create_app
+from .app import create_apps
+from .edge import Edge
 from .logs import configure
 from .runtime import Node
 from .settings import Settings
@@ -25,24 +27,34 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_config(settings: Settings, node: Node) -> uvicorn.Config:
+    apps = create_apps(node)
+    edge = Edge(node, apps.client, apps.internal)
     return uvicorn.Config(
-        create_app(node),
-        # Named explicitly: the sans-I/O implementation has write flow
-        # control from uvicorn 0.53 on; see docs/operations.md.
-        ws="websockets-sansio",
-        http="httptools",
+        # uvicorn runs the process, the sockets and the lifespan; every
+        # connection's protocol is Fanline's own (node/edge.py), so uvicorn's
+        # HTTP and WebSocket implementations are not used.
+        apps.client,
+        http=edge.protocol_factory(),  # type: ignore[arg-type]
+        ws="none",
         loop="uvloop",
         lifespan="on",
-        ws_max_size=settings.max_message_bytes,
-        ws_ping_interval=settings.heartbeat_interval,
-        ws_ping_timeout=settings.heartbeat_timeout,
-        # Compression costs tens of KiB per connection and CPU per frame.
-        ws_per_message_deflate=False,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=5,
         backlog=2048,
     )
+
+
+def raise_file_limit() -> int:
+    """Raise the soft limit on open files to the hard one; every connection is a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class DrainingServer(uvicorn.Server):
@@ -74,6 +86,7 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings) -> None:
     configure(settings.log_level, settings.node_name)
+    raise_file_limit()
     node = Node(settings)
     server = DrainingServer(uvicorn_config(settings, node), node)
     sockets = [_listen(settings.host, settings.port)]

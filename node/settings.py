@@ -64,7 +64,28 @@ class Settings:
     )
 
     # -- per-connection bounds -------------------------------------------------
-    max_connections: int = _setting(10000, "Client connections per node; more are refused with 503.")
+    max_connections: int = _setting(
+        10000,
+        "Established client connections per node (WebSockets and SSE streams with a proven identity); "
+        "more are refused with 503 too_many_connections.",
+    )
+    max_pending: int = _setting(
+        1000,
+        "Sockets per port still in their handshake (request head, credential check, a WebSocket awaiting "
+        "its auth frame), or plain HTTP connections; more are refused at once with 503 too_many_pending. "
+        "Counted apart from max_connections, so they can never take served clients' slots.",
+    )
+    handshake_timeout: float = _setting(
+        10.0,
+        "Seconds a socket may take to send a whole request (head and body); a slower one gets 408 and is "
+        "closed. A WebSocket's auth frame has auth_timeout on top.",
+    )
+    keep_alive_timeout: float = _setting(5.0, "Seconds an idle HTTP connection is kept open between requests.")
+    max_request_head: int = _setting(
+        16384,
+        "Largest request head (request line and headers) in bytes; one header line may be at most 8192 "
+        "bytes and a request may have at most 100 headers. Larger ones get 431 or 400 and are closed.",
+    )
     max_subscriptions: int = _setting(128, "Channels per connection (WebSocket subscriptions or SSE channels).")
     max_channel_length: int = _setting(255, "Longest channel name, in characters.")
     max_message_bytes: int = _setting(
@@ -81,11 +102,20 @@ class Settings:
         "Seconds one write to a client may take. A client that does not read "
         "for this long is closed as a slow consumer.",
     )
-    write_batch: int = _setting(64, "Most queued messages written to a connection in one frame.")
-    direct_writes: bool = _setting(
-        True,
-        "Write to an idle, unblocked socket straight from the fan-out instead of through the "
-        "connection's writer task (see node/direct.py). Off falls back to the ASGI path only.",
+    write_batch: int = _setting(
+        64,
+        "Most messages in one WebSocket frame (or one SSE write); publications that arrive together "
+        "leave together, up to this many per frame.",
+    )
+    send_buffer: int = _setting(
+        65536,
+        "Bytes the kernel may hold unsent for one socket (SO_SNDBUF; Linux doubles it) and bytes "
+        "the node's transport buffers before it stops writing and queues in the outbox.",
+    )
+    max_lag: float = _setting(
+        20.0,
+        "Seconds the oldest queued event of a connection may wait behind its full socket; past it the "
+        "slow-consumer policy applies, as for an outbox overflow.",
     )
     slow_consumer_policy: str = _setting(
         "disconnect",
@@ -162,6 +192,12 @@ class Settings:
             "outbox_max_bytes",
             "send_timeout",
             "write_batch",
+            "max_pending",
+            "handshake_timeout",
+            "keep_alive_timeout",
+            "max_request_head",
+            "send_buffer",
+            "max_lag",
             "heartbeat_interval",
             "heartbeat_timeout",
             "drain_window",

@@ -1,72 +1,246 @@
-"""The WebSocket endpoint, ``/ws``: a raw ASGI handler around :mod:`node.protocol`.
+"""The WebSocket endpoint, ``/ws``, after its handshake: frames in, Fanline messages handled in order.
 
-The ASGI task reads client frames and acts on them one at a time.  Outgoing
-messages go straight to the socket when it is idle (see :mod:`node.direct`);
-otherwise the connection's on-demand writer sends what has queued up as one
-text frame of newline-separated JSON objects.
+:class:`WebSocketConnection` is the socket's asyncio protocol.  Frames are
+read by :class:`~node.websocket_frames.FrameReader`; each client message is
+rate-limited, parsed (:mod:`node.protocol`) and handled one at a time, in
+the order it arrived.  Messages that need no I/O (ping, unsubscribe) are
+answered at once; those that do (subscribe, publish, auth) are handled by a
+task that exists only while such messages wait, so an idle connection holds
+no task.  While that task is busy, further messages wait in a small inbox,
+and a client that keeps sending is paused at the TCP level.
+
+Outgoing messages are queued and written by the node's flush
+(:mod:`node.connection`): one text frame carries up to ``write_batch``
+messages, one per line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from broker_adapters.base import BrokerError
-from broker_adapters.types import Position
 
 from . import protocol
-from .access import Refusal
-from .connection import Connection, Message, Receive, Send
-from .direct import websocket_frame, websocket_writer
-from .hub import Delivery, Subscription
-from .protocol import CloseCode, ErrorCode, ProtocolError, ResetReason
+from .connection import Connection, Item, ResetItem
+from .errors import ClientError, CloseCode, ErrorCode
+from .hub import Delivery
+from .websocket_frames import (
+    PING_FRAME,
+    Close,
+    FrameError,
+    FrameReader,
+    Message,
+    Opcode,
+    Ping,
+    Pong,
+    close_frame,
+    frame,
+    text_frame,
+)
 
 if TYPE_CHECKING:
+    from .access import Identity
     from .runtime import Node
 
 log = logging.getLogger("fanline.websocket")
 
+# Messages waiting behind a busy handler before the node stops reading the socket.
+_INBOX_LIMIT = 32
+HEARTBEAT = protocol.HEARTBEAT_FRAME.encode()
 
-def event_text(delivery: Delivery) -> str:
-    """The event message of a delivery, built once per node."""
+
+class RawFrame(bytes):
+    """Bytes that are a whole WebSocket frame already (ping, pong, close), not a message line."""
+
+    __slots__ = ()
+
+
+PING = RawFrame(PING_FRAME)
+
+
+def event_json(delivery: Delivery) -> bytes:
+    """The event message of a delivery as JSON bytes, built once per node."""
     memo = delivery.memo
     if memo is None:
         memo = delivery.memo = {}
-    text: str | None = memo.get("ws")
+    text: bytes | None = memo.get("json")
     if text is None:
-        text = memo["ws"] = protocol.event_frame(delivery.publication)
+        text = memo["json"] = protocol.event_frame(delivery.publication).encode()
     return text
 
 
-def event_wire(delivery: Delivery) -> bytes:
-    """The event as WebSocket frame bytes, ready for the socket, built once per node."""
+def event_frame(delivery: Delivery) -> bytes:
+    """The event as a whole text frame, built once per node."""
     memo = delivery.memo
-    wire: bytes | None = memo.get("ws_wire") if memo is not None else None
+    wire: bytes | None = memo.get("ws") if memo is not None else None
     if wire is None:
-        wire = websocket_frame(event_text(delivery).encode())
+        wire = text_frame(event_json(delivery))
         assert delivery.memo is not None
-        delivery.memo["ws_wire"] = wire
+        delivery.memo["ws"] = wire
     return wire
 
 
-class WebSocketSession(Connection[str]):
-    transport_name = "ws"
-    __slots__ = ("identity", "_tokens", "_refilled", "_refused_in_a_row")
+def encode_items(items: list[Item]) -> bytes:
+    """Messages as text frames, one message per line; raw frames stay whole, in their place."""
+    out: list[bytes] = []
+    lines: list[bytes] = []
+    for item in items:
+        if isinstance(item, Delivery):
+            lines.append(event_json(item))
+        elif isinstance(item, RawFrame):
+            if lines:
+                out.append(text_frame(b"\n".join(lines)))
+                lines = []
+            out.append(item)
+        elif isinstance(item, ResetItem):
+            lines.append(protocol.reset_frame(item.subscription.channel, item.position, item.reason).encode())
+        else:
+            lines.append(item)
+    if lines:
+        out.append(text_frame(b"\n".join(lines)))
+    return b"".join(out)
 
-    def __init__(self, node: Node, send: Send, identity: Any) -> None:
-        super().__init__(node, send)
-        self.identity = identity
+
+class WebSocketConnection(Connection):
+    kind = "ws"
+
+    __slots__ = (
+        "reader", "inbox", "worker", "_tokens", "_refilled", "_refused_in_a_row", "ping_sent", "_close_received",
+        "_linger", "_auth_timer",
+    )
+
+    def __init__(self, node: Node, transport: asyncio.Transport, number: int, identity: Identity | None) -> None:
+        super().__init__(node, transport, number, identity)
+        settings = node.settings
+        self.reader = FrameReader(settings.max_message_bytes)
+        # Client messages waiting for the handler task, and that task.
+        self.inbox: deque[str] | None = None
+        self.worker: asyncio.Task[None] | None = None
         # Token bucket for inbound messages.
-        self._tokens = float(node.settings.rate_burst)
-        self._refilled = time.monotonic()
+        self._tokens = float(settings.rate_burst)
+        self._refilled = node.loop_time()
         self._refused_in_a_row = 0
+        # Loop time of the ping still unanswered (None: none is).
+        self.ping_sent: float | None = None
+        self._close_received = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._auth_timer: asyncio.TimerHandle | None = None
+
+    # -- start --------------------------------------------------------------------------------
+
+    def start(self, early: bytes) -> None:
+        """The handshake is answered; ``early`` are frames that came with it."""
+        if self.identity is None:
+            self._auth_timer = asyncio.get_running_loop().call_later(self.node.settings.auth_timeout, self._no_auth)
+        else:
+            self.say_hello()
+        if early:
+            self.data_received(early)
+
+    def say_hello(self) -> None:
+        """The connection is authenticated: say hello, and start counting it."""
+        assert self.identity is not None
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
+        self.send(protocol.connected_frame(self.node.name, self.node.settings.heartbeat_interval).encode())
+        self.expire_at(self.node.access.deadline(self.identity), self._expired)
+
+    def _no_auth(self) -> None:
+        self._auth_timer = None
+        self.refuse(ClientError(ErrorCode.UNAUTHORIZED, f"no auth frame within {self.node.settings.auth_timeout:g}s"))
+
+    def _expired(self) -> None:
+        self.close(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED.value)
+
+    def refuse(self, error: ClientError) -> None:
+        """Close with the error's close code, its error code as the reason (what a browser can read)."""
+        self.node.metrics.client_errors.labels(error.code.value).inc()
+        self.close(error.close_code, error.code.value, flush=False)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._close_received:
+            return
+        try:
+            events = self.reader.feed(data)
+        except FrameError as exc:
+            self.fail(exc.code, exc.reason)
+            return
+        for event in events:
+            if isinstance(event, Message):
+                self.on_message(event)
+            elif isinstance(event, Ping):
+                self.send_frame(RawFrame(frame(Opcode.PONG, event.payload)))
+            elif isinstance(event, Pong):
+                self.ping_sent = None
+            elif isinstance(event, Close):
+                self.on_close(event)
+                return
+
+    def on_message(self, message: Message) -> None:
+        if self.closing is not None:
+            return
+        # Every frame counts against the rate limit, whatever it holds.
+        if not self.admit_message():
+            return
+        if message.text:
+            text = message.payload.decode("utf-8")
+        else:
+            try:
+                text = message.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self.error(ClientError(ErrorCode.INVALID_JSON, "binary frame is not UTF-8 text"))
+                return
+        if self.worker is not None or self.identity is None:
+            self._enqueue(text)
+            return
+        try:
+            parsed = protocol.parse_client_message(text, max_channel_length=self.node.settings.max_channel_length)
+        except ClientError as exc:
+            self.error(exc)
+            return
+        if isinstance(parsed, protocol.Ping):
+            self.send(protocol.pong_frame(parsed.rid).encode())
+        elif isinstance(parsed, protocol.Unsubscribe):
+            self.unsubscribe(parsed)
+        else:
+            self._enqueue(text)
+
+    def _enqueue(self, text: str) -> None:
+        inbox = self.inbox
+        if inbox is None:
+            inbox = self.inbox = deque()
+        inbox.append(text)
+        if len(inbox) >= _INBOX_LIMIT:
+            # Backpressure on a client that sends faster than it is answered.
+            self.transport.pause_reading()
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        """Handle waiting messages in order; the task ends when none is left."""
+        try:
+            while self.inbox and self.closing is None:
+                text = self.inbox.popleft()
+                if len(self.inbox) == _INBOX_LIMIT - 1 and not self.transport.is_closing():
+                    self.transport.resume_reading()
+                await self.handle(text)
+        except Exception:
+            log.exception("unexpected error handling a client message", extra={"connection": self.number})
+            self.close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL.value, flush=False)
+        finally:
+            self.worker = None
+            self.inbox = None
 
     def admit_message(self) -> bool:
         """Rate-limit inbound messages; close a client that keeps flooding."""
         settings = self.node.settings
-        now = time.monotonic()
+        now = self.node.loop_time()
         self._tokens = min(float(settings.rate_burst), self._tokens + (now - self._refilled) * settings.rate_limit)
         self._refilled = now
         if self._tokens >= 1.0:
@@ -78,204 +252,193 @@ class WebSocketSession(Connection[str]):
         if self._refused_in_a_row == 1:
             # One error per streak: answering every dropped message would let
             # a flood fill our own outbox.
-            self.error(ErrorCode.RATE_LIMITED, f"more than {settings.rate_limit:g} messages/s; message dropped")
+            self.error(ClientError(ErrorCode.RATE_LIMITED, f"more than {settings.rate_limit:g} messages/s; message dropped"))
         elif self._refused_in_a_row > settings.rate_burst:
-            self.close(CloseCode.RATE_LIMITED, "message rate limit", flush=True)
+            self.close(CloseCode.RATE_LIMITED, "message rate limit")
         return False
 
-    def encode_event(self, subscription: Subscription, delivery: Delivery) -> str:
-        return event_text(delivery)
-
-    def encode_reset(self, subscription: Subscription, position: Position, reason: ResetReason) -> str:
-        return protocol.reset_frame(subscription.channel, position, reason)
-
-    def wire(self, item: str) -> bytes:
-        return websocket_frame(item.encode())
-
-    def wire_event(self, subscription: Subscription, delivery: Delivery) -> bytes:
-        return event_wire(delivery)
-
-    async def write(self, batch: list[str]) -> None:
-        text = batch[0] if len(batch) == 1 else "\n".join(batch)
-        await self.send({"type": "websocket.send", "text": text})
-        self.count_written(len(batch), len(text))
-
-    def send_heartbeat(self) -> None:
-        # Browsers cannot see protocol pings; this frame they can.
-        self.queue(protocol.HEARTBEAT_FRAME)
-
-    def say_draining(self, reconnect_after_ms: int) -> None:
-        self.queue(protocol.drain_frame(reconnect_after_ms))
-
-    async def say_goodbye(self, code: int, reason: str) -> None:
-        await self.send({"type": "websocket.close", "code": code, "reason": reason})
-
-    def error(self, code: str, message: str, rid: Any = None, channel: str | None = None) -> None:
-        self.node.metrics.client_errors.labels(code).inc()
-        self.queue(protocol.error_frame(code, message, rid, channel))
-
-    # -- client messages -----------------------------------------------------------
+    # -- the messages -----------------------------------------------------------------------------
 
     async def handle(self, text: str) -> None:
         node = self.node
         try:
             message = protocol.parse_client_message(text, max_channel_length=node.settings.max_channel_length)
-        except ProtocolError as exc:
-            self.error(exc.code, exc.message, exc.rid)
+        except ClientError as exc:
+            if self.identity is None:
+                self.refuse(ClientError(ErrorCode.UNAUTHORIZED, "the first frame must be auth"))
+            else:
+                self.error(exc)
             return
-        if isinstance(message, protocol.Ping):
-            self.queue(protocol.pong_frame(message.rid))
-        elif isinstance(message, protocol.Subscribe):
-            await self.subscribe(message)
-        elif isinstance(message, protocol.Unsubscribe):
-            subscription = self.subscriptions.pop(message.channel, None)
-            if subscription is None:
-                self.error(
-                    ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.channel}", message.rid, message.channel
-                )
-                return
-            node.hub.unsubscribe(subscription)
-            self.queue(protocol.unsubscribed_frame(message.channel, message.rid))
-        elif isinstance(message, protocol.Publish):
-            await self.publish(message)
-        elif isinstance(message, protocol.Auth):
-            await self.refresh(message)
+        try:
+            if self.identity is None:
+                await self.authenticate(message)
+            elif isinstance(message, protocol.Ping):
+                self.send(protocol.pong_frame(message.rid).encode())
+            elif isinstance(message, protocol.Subscribe):
+                await self.subscribe(message)
+            elif isinstance(message, protocol.Unsubscribe):
+                self.unsubscribe(message)
+            elif isinstance(message, protocol.Publish):
+                await self.publish(message)
+            elif isinstance(message, protocol.Auth):
+                await self.refresh(message)
+        except ClientError as exc:
+            self.error(exc.with_request(getattr(message, "rid", None), getattr(message, "channel", None)))
+
+    async def authenticate(self, message: protocol.ClientMessage) -> None:
+        try:
+            identity = await self.node.access.first_frame(message, self.node.broker)
+        except ClientError as exc:
+            self.refuse(exc)
+            return
+        if self.closing is not None:
+            return
+        if not self.node.promote(self):
+            return
+        self.identity = identity
+        self.say_hello()
 
     async def refresh(self, message: protocol.Auth) -> None:
         """A fresh credential extends the connection; existing subscriptions stay."""
+        assert self.identity is not None
         renewed = await self.node.access.refresh(self.identity, message, self.node.broker)
-        if isinstance(renewed, Refusal):
-            self.error(renewed.code, renewed.message, message.rid)
-            return
         self.identity = renewed
-        self.queue(protocol.refreshed_frame(renewed.user, renewed.expires, message.rid))
+        self.expire_at(self.node.access.deadline(renewed), self._expired)
+        self.send(protocol.refreshed_frame(renewed.user, renewed.expires, message.rid).encode())
 
     async def subscribe(self, message: protocol.Subscribe) -> None:
         node = self.node
         channel = message.channel
-        if channel in self.subscriptions:
-            self.error(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}", message.rid, channel)
-            return
-        if len(self.subscriptions) >= node.settings.max_subscriptions:
+        subscriptions = self.subscriptions
+        if subscriptions is not None and channel in subscriptions:
+            raise ClientError(ErrorCode.ALREADY_SUBSCRIBED, f"already subscribed to {channel}")
+        if subscriptions is not None and len(subscriptions) >= node.settings.max_subscriptions:
             node.limit_rejected("subscriptions", max_subscriptions=node.settings.max_subscriptions)
-            self.error(
-                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"at most {node.settings.max_subscriptions} subscriptions per connection",
-                message.rid,
-                channel,
+            raise ClientError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {node.settings.max_subscriptions} subscriptions per connection"
             )
-            return
-        refusal = node.access.check_subscribe(self.identity, channel)
-        if refusal is not None:
-            self.error(refusal.code, refusal.message, message.rid, channel)
-            return
+        assert self.identity is not None
+        node.access.check_subscribe(self.identity, channel)
         try:
             subscribed = await node.hub.subscribe(self, channel, message.since)
         except BrokerError as exc:
-            self.error(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}", message.rid, channel)
+            raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}") from None
+        if self.closing is not None or self.subscriptions is None and self._released:
+            node.hub.unsubscribe(subscribed.subscription)
             return
-        subscription, plan = subscribed.subscription, subscribed.plan
-        if self.closing is not None:
-            node.hub.unsubscribe(subscription)
-            return
-        self.subscriptions[channel] = subscription
+        if self.subscriptions is None:
+            self.subscriptions = {}
+        self.subscriptions[channel] = subscribed.subscription
+        plan = subscribed.plan
         # An unrecoverable resume keeps ``since`` here; the reset that the
         # plan's first step carries is what moves the client's position.
-        self.queue(
+        self.send(
             protocol.subscribed_frame(
                 channel, plan.start, recovered=plan.recovered, replayed=plan.replayed, rid=message.rid
-            )
+            ).encode()
         )
         node.hub.start_delivery(subscribed)
 
+    def unsubscribe(self, message: protocol.Unsubscribe) -> None:
+        subscription = self.subscriptions.pop(message.channel, None) if self.subscriptions else None
+        if subscription is None:
+            self.error(
+                ClientError(
+                    ErrorCode.NOT_SUBSCRIBED, f"not subscribed to {message.channel}", rid=message.rid,
+                    channel=message.channel,
+                )
+            )
+            return
+        self.node.hub.unsubscribe(subscription)
+        self.send(protocol.unsubscribed_frame(message.channel, message.rid).encode())
+
     async def publish(self, message: protocol.Publish) -> None:
         node = self.node
-        refusal = node.access.check_client_publish(self.identity, message.channel)
-        if refusal is not None:
-            self.error(refusal.code, refusal.message, message.rid, message.channel)
-            return
+        assert self.identity is not None
+        node.access.check_client_publish(self.identity, message.channel)
         try:
             publication = await node.hub.publish(message.channel, message.data, message.event, source="ws")
         except BrokerError as exc:
-            self.error(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}", message.rid, message.channel)
+            raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}") from None
+        self.send(protocol.published_frame(message.channel, publication.position, message.rid).encode())
+
+    def error(self, error: ClientError) -> None:
+        self.node.metrics.client_errors.labels(error.code.value).inc()
+        self.send(protocol.error_frame(error).encode())
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def encode(self, items: list[Item], shared: dict[Any, bytes]) -> bytes:
+        first = items[0]
+        if len(items) == 1 and isinstance(first, Delivery):
+            return event_frame(first)
+        if all(isinstance(item, Delivery) for item in items):
+            # The same publications for many connections: one encoding.
+            key = ("ws", *items)
+            data = shared.get(key)
+            if data is None:
+                data = shared[key] = encode_items(items)
+            return data
+        return encode_items(items)
+
+    def send_frame(self, raw: RawFrame) -> None:
+        """A control frame: written in order with the messages, even while the connection closes."""
+        if self._released:
             return
-        self.queue(protocol.published_frame(message.channel, publication.position, message.rid))
+        self.outbox.force(raw, len(raw))
+        self._mark_dirty()
 
+    def send_heartbeat(self) -> None:
+        """A protocol ping (for the dead-peer check) and a heartbeat message (the one browsers see)."""
+        if self.identity is None:
+            return
+        if self.ping_sent is None:
+            self.ping_sent = self.node.loop_time()
+        self.send(HEARTBEAT)
+        self.send(PING)
 
-async def websocket_endpoint(node: Node, scope: Message, receive: Receive, send: Send) -> None:
-    connect = await receive()
-    if connect["type"] != "websocket.connect":
-        return
-    admission = node.admit(scope, "ws")
-    if isinstance(admission, Refusal):
-        await _refuse(scope, send, admission)
-        return
-    identity = await node.access.identify(scope, node.broker, deferred=True)
-    await send({"type": "websocket.accept"})
-    if isinstance(identity, Refusal):
-        # Accepted first so a browser can read the close code (it never sees a refused handshake's status).
-        node.metrics.client_errors.labels(identity.code).inc()
-        await send({"type": "websocket.close", "code": identity.close_code, "reason": identity.code})
-        return
-    session = WebSocketSession(node, send, identity)
-    if node.settings.direct_writes:
-        session.direct = websocket_writer(send)
-    node.register(session)
-    max_bytes = node.settings.max_message_bytes
-    try:
-        if identity is None:
-            first = await node.access.first_frame(receive, node.broker)
-            if isinstance(first, Refusal):
-                node.metrics.client_errors.labels(first.code).inc()
-                session.close(first.close_code, first.code)
-            else:
-                session.identity = first
-        if session.closing is None:
-            session.queue(protocol.connected_frame(node.name, node.settings.heartbeat_interval))
-        while session.closing is None:
-            try:
-                # The token's expiry is a timer on the loop, not a task per connection.
-                async with asyncio.timeout_at(node.access.deadline(session.identity)):
-                    message = await receive()
-            except TimeoutError:
-                session.close(CloseCode.TOKEN_EXPIRED, ErrorCode.TOKEN_EXPIRED)
-                break
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                session.close(CloseCode.NORMAL, "", goodbye=False)
-                break
-            if kind != "websocket.receive":
-                continue
-            text = message.get("text")
-            if text is None:
-                raw = message.get("bytes") or b""
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    session.error(ErrorCode.INVALID_JSON, "binary frame is not UTF-8 text")
-                    continue
-            if not session.admit_message():
-                continue
-            if len(text) > max_bytes:
-                node.limit_rejected("message_size", max_message_bytes=max_bytes)
-                session.error(ErrorCode.MESSAGE_TOO_LARGE, f"messages are limited to {max_bytes} bytes")
-                continue
-            await session.handle(text)
-        # Let the writer flush and say goodbye, within its own timeouts.
-        await session.finish()
-    finally:
-        session.release()
-        await session.finish()
-        node.unregister(session)
+    def say_draining(self, reconnect_after_ms: int) -> None:
+        self.send(protocol.drain_frame(reconnect_after_ms).encode())
 
+    def say_goodbye(self) -> None:
+        assert self.closing is not None
+        code, reason = self.closing
+        if code == 1006:
+            self.transport.abort()
+            return
+        self.transport.write(close_frame(code, reason))
+        if self._close_received:
+            self.transport.close()
+        else:
+            # Wait (briefly) for the client's close frame, as RFC 6455 asks.
+            self._linger = asyncio.get_running_loop().call_later(
+                self.node.settings.heartbeat_timeout, self.transport.abort
+            )
 
-async def _refuse(scope: Message, send: Send, refusal: Refusal) -> None:
-    """Refuse the handshake with an HTTP response when the server supports it."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"application/json")]
-        if refusal.retry_after is not None:
-            headers.append((b"retry-after", str(refusal.retry_after).encode()))
-        await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": refusal.body()})
-    else:
-        await send({"type": "websocket.close", "code": refusal.close_code, "reason": refusal.message[:120]})
+    def on_close(self, event: Close) -> None:
+        self._close_received = True
+        if self.closing is not None:
+            if self._goodbye_sent:
+                self.transport.close()
+            return
+        # Echo the client's code (1005, "no code", is answered with 1000).
+        self.close(event.code if event.code is not None else CloseCode.NORMAL, "", flush=False)
+
+    def fail(self, code: int, reason: str) -> None:
+        """The client broke the protocol: close at once, with the RFC's code."""
+        self.node.metrics.client_errors.labels("protocol_error").inc()
+        self._close_received = True  # read nothing more
+        self.close(code, reason, flush=False)
+
+    def eof_received(self) -> bool | None:
+        return False  # the client is gone: close our side too
+
+    def released(self) -> None:
+        for timer in (self._linger, self._auth_timer):
+            if timer is not None:
+                timer.cancel()
+        self._linger = self._auth_timer = None
+        if self.worker is not None:
+            self.worker.cancel()
+            self.worker = None
+        self.inbox = None

@@ -168,12 +168,18 @@ async def test_expired_and_forged_tokens_are_refused_with_their_codes(node: Node
     unknown_kid = jwt.encode({"sub": "7", "exp": time.time() + 300}, keys.rsa, algorithm="RS256", headers={"kid": "nope"})
     assert await closed_with(f"{node.ws_url}?token={expired}") == (4011, "token_expired")
     assert await sse_refusal(node.url, [("channel", "public:x"), ("token", expired)]) == (401, "token_expired")
-    for bad in (forged, unsigned, unknown_kid, "not.a.jwt", "x" * 9000):
+    for bad in (forged, unsigned, unknown_kid, "not.a.jwt", "x" * 8000):
         assert await closed_with(node.ws_url, json.dumps({"type": "auth", "token": bad})) == (4001, "invalid_token")
         assert await sse_refusal(node.url, [("channel", "public:x")], {"authorization": f"Bearer {bad}"}) == (
             401,
             "invalid_token",
         )
+    # A token too long for a header line never reaches the verifier: the head limits refuse it.
+    assert await closed_with(node.ws_url, json.dumps({"type": "auth", "token": "x" * 9000})) == (4001, "invalid_token")
+    assert await sse_refusal(node.url, [("channel", "public:x")], {"authorization": "Bearer " + "x" * 9000}) == (
+        431,
+        "headers_too_large",
+    )
 
 
 async def test_tokens_without_sub_or_exp_or_with_a_foreign_audience_are_refused(node: NodeProcess) -> None:

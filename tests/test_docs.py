@@ -1,7 +1,7 @@
 """The documentation cannot drift from the code.
 
 - docs/configuration.md carries the exact table ``fanline settings`` prints;
-- docs/protocol.md names every error code and close code of node/protocol.py.
+- docs/protocol.md names every error code and close code of node/errors.py, and every reset reason.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from node import protocol
+from node import errors, resume
 from node.settings import markdown_table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -36,20 +36,20 @@ def test_configuration_table_matches_the_settings() -> None:
     )
 
 
-@pytest.mark.parametrize("name,code", sorted(_constants(protocol.ErrorCode).items()))
+@pytest.mark.parametrize("name,code", sorted(_constants(errors.ErrorCode).items()))
 def test_every_error_code_is_documented(name: str, code: object) -> None:
     text = (DOCS / "protocol.md").read_text(encoding="utf-8")
     assert f"`{code}`" in text, f"ErrorCode.{name} ({code!r}) is not documented in docs/protocol.md"
 
 
-@pytest.mark.parametrize("name,code", sorted(_constants(protocol.CloseCode).items()))
+@pytest.mark.parametrize("name,code", sorted(_constants(errors.CloseCode).items()))
 def test_every_close_code_is_documented(name: str, code: object) -> None:
     text = (DOCS / "protocol.md").read_text(encoding="utf-8")
     row = re.search(rf"^\| {code} \| `{name}` \|", text, re.MULTILINE)
     assert row is not None, f"CloseCode.{name} ({code}) has no row in the close code table of docs/protocol.md"
 
 
-@pytest.mark.parametrize("name,reason", sorted(_constants(protocol.ResetReason).items()))
+@pytest.mark.parametrize("name,reason", sorted(_constants(resume.ResetReason).items()))
 def test_every_reset_reason_is_documented(name: str, reason: object) -> None:
     text = (DOCS / "protocol.md").read_text(encoding="utf-8")
     assert f"| `{reason}` |" in text, f"ResetReason.{name} ({reason!r}) has no row in docs/protocol.md"

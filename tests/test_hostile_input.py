@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from node.protocol import ErrorCode
+from node.errors import ErrorCode
 
 from .processes import NodeProcess
 
