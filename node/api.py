@@ -1,8 +1,8 @@
 """The node's HTTP endpoints, as Starlette routes.
 
 Client port: ``POST /api/publish``, ``POST /api/publish/batch``, the demo page
-and the health probes.  Internal port: health probes, ``/metrics`` and
-``POST /drain``.
+and the health probes.  Internal port: health probes, ``/metrics``,
+``POST /drain``, ``POST /shed`` and ``GET /status`` (node.shed, node.status).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from broker_adapters.types import (
 
 from .access import Refusal
 from .protocol import ErrorCode
+from .shed import Shedder
+from .status import Status
 from .tickets import RESERVED_CHANNEL_PREFIX
 
 if TYPE_CHECKING:
@@ -210,9 +212,13 @@ async def drain(request: Request) -> Response:
 
 
 def internal_routes(node: Node) -> list[Route]:
+    shedder = Shedder(node)
     return [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/drain", drain, methods=["GET", "POST"]),
+        # Changes state like /drain (it closes connections): whatever guards /drain must guard it too.
+        Route("/shed", shedder.endpoint, methods=["POST"]),
+        Route("/status", Status(node, shedder).endpoint),
     ]

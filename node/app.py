@@ -52,7 +52,7 @@ def create_app(node: Node) -> ASGIApp:
             await websocket_endpoint(node, scope, receive, send)
         elif kind == "http" and path == "/sse" and scope.get("method") == "GET":
             await sse_endpoint(node, scope, receive, send)
-        elif not internal_port and kind == "http" and path in ("/metrics", "/drain"):
+        elif not internal_port and kind == "http" and path in ("/metrics", "/drain", "/shed", "/status"):
             await internal(scope, receive, send)
         else:
             await client(scope, receive, send)
