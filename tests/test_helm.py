@@ -676,3 +676,35 @@ def test_in_cluster_rebalancer_is_off_by_default_and_least_privileged(chart: Any
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     # The node pods themselves still get no API token.
     assert pod_spec(objects)["automountServiceAccountToken"] is False
+
+
+def test_11_image_has_no_installer_locked_hashed_dependencies_a_pinned_base_and_oci_labels() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    # The base is pinned by digest (one ARG, used by both stages).
+    (base,) = [i for i in instructions if i.startswith("ARG PYTHON_IMAGE=")]
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base)
+    assert [i for i in instructions if i.startswith("FROM ")] == ["FROM ${PYTHON_IMAGE} AS builder", "FROM ${PYTHON_IMAGE}"]
+    final = "\n".join(instructions[instructions.index("FROM ${PYTHON_IMAGE}") :])
+    builder = "\n".join(instructions[: instructions.index("FROM ${PYTHON_IMAGE}")])
+    # Dependencies only from the hashed locks; the image's venv is made without pip.
+    assert "--require-hashes" in builder and "docker/requirements${EXTRAS:+-$EXTRAS}.lock" in builder
+    assert "venv --without-pip /opt/fanline" in builder
+    # The final stage installs nothing and removes the base's installers.
+    assert "pip install" not in final
+    assert "pip uninstall --yes --quiet pip setuptools wheel" in final and "ensurepip" in final
+    for label in ("title", "source", "licenses", "version", "revision", "created", "base.name"):
+        assert f"org.opencontainers.image.{label}=" in final, label
+    # Exec-form healthcheck: a JSON array, no shell.
+    (health,) = re.findall(r"HEALTHCHECK[^\n]*\n\s*CMD (.*)", text)
+    assert json.loads(health)[:2] == ["python", "-c"]
+    # Every lock pins with hashes, and the locks cover what pyproject.toml asks for.
+    for lock in ("requirements.lock", "requirements-kubernetes.lock", "build-requirements.lock"):
+        body = (ROOT / "docker" / lock).read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==\S+", body, re.MULTILINE)
+        assert pins and body.count("--hash=sha256:") >= len(pins), lock
+    runtime = (ROOT / "docker" / "requirements.lock").read_text().lower()
+    for name in ("starlette", "uvicorn", "websockets", "redis", "nats-py", "aiokafka", "pyjwt", "uvloop"):
+        assert f"\n{name}==" in runtime, name
+    assert "\nkubernetes==" in (ROOT / "docker" / "requirements-kubernetes.lock").read_text()
