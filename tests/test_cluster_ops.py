@@ -114,26 +114,31 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
 
-async def follow(url: str, channel: str, balancer: Balancer, tally: Tally, ready: asyncio.Event) -> None:
-    """Subscribe, and on a drain/1012 reconnect where the balancer says and resume from the last id."""
+async def follow(
+    url: str, channel: str, balancer: Balancer, tally: Tally, ready: asyncio.Event, release: asyncio.Event
+) -> None:
+    """Subscribe, and on a drain/1012 reconnect where the balancer says and resume from the last id;
+    stay connected until every event came and the test ``release``s the clients."""
     client = await WSClient.connect(url)
     balancer.opened(url)
     last_id = (await client.subscribe(channel))["id"]
     ready.set()
     expected = 0
     reconnect_after = 0
+    deadline = asyncio.get_running_loop().time() + 240
     try:
-        while expected < ROUNDS:
+        while expected < ROUNDS or not release.is_set():
             try:
-                message = await client.recv(timeout=90)
+                message = await client.recv(timeout=1.0)
+            except TimeoutError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                continue
             except websockets.ConnectionClosed:
                 balancer.closed(url)
                 tally.moved += 1
                 await asyncio.sleep(reconnect_after / 1000)
-                url = balancer.pick()
-                client = await WSClient.connect(url)
-                balancer.opened(url)
-                reply = await client.subscribe(channel, since=last_id)
+                client, url, reply = await resume(channel, last_id, balancer, tally)
                 tally.not_recovered += not reply.get("recovered")
                 continue
             if message["type"] == "event":
@@ -157,6 +162,31 @@ async def follow(url: str, channel: str, balancer: Balancer, tally: Tally, ready
         await client.close()
 
 
+async def resume(channel: str, since: str, balancer: Balancer, tally: Tally) -> tuple[WSClient, str, dict[str, Any]]:
+    """Reconnect where the balancer says and resubscribe from ``since``.
+
+    A connection may be shed again before its ``subscribed`` arrives (a later round
+    picks it): then, as a client must, take the ``drain`` hint and try again.
+    """
+    for _ in range(20):
+        url = balancer.pick()
+        client = await WSClient.connect(url)
+        balancer.opened(url)
+        await client.send({"type": "subscribe", "channel": channel, "since": since, "rid": 1})
+        try:
+            while True:
+                message = await client.recv(timeout=30)
+                if message["type"] == "subscribed":
+                    return client, url, message
+                if message["type"] == "drain":
+                    tally.moved += 1
+                    await asyncio.sleep(message["reconnect_after"] / 1000)
+        except websockets.ConnectionClosed:
+            balancer.closed(url)
+            await client.close()
+    raise RuntimeError(f"could not resume {channel} in 20 attempts")
+
+
 async def publish_rounds(broker_url: str, channels: list[str], pause: float) -> int:
     """Publish seq 0..ROUNDS-1 on every channel, straight to the broker (not through a pod that may go)."""
     async with Publisher(broker_url) as publisher:
@@ -166,13 +196,17 @@ async def publish_rounds(broker_url: str, channels: list[str], pause: float) -> 
     return ROUNDS * len(channels)
 
 
-async def connect_all(urls: list[str], channels: list[str], balancer: Balancer, tally: Tally) -> list[asyncio.Task[None]]:
+async def connect_all(
+    urls: list[str], channels: list[str], balancer: Balancer, tally: Tally, release: asyncio.Event
+) -> list[asyncio.Task[None]]:
     tasks = []
     for start in range(0, len(urls), 200):  # in batches: a connect storm is not what is tested here
         batch = []
         for i in range(start, min(start + 200, len(urls))):
             ready = asyncio.Event()
-            tasks.append(asyncio.create_task(follow(urls[i], channels[i % len(channels)], balancer, tally, ready)))
+            tasks.append(
+                asyncio.create_task(follow(urls[i], channels[i % len(channels)], balancer, tally, ready, release))
+            )
             batch.append(ready)
         async with asyncio.timeout(60):
             await asyncio.gather(*(r.wait() for r in batch))
@@ -196,7 +230,8 @@ async def test_scale_out_rebalances_within_10_percent_and_loses_nothing(redis_se
         balancer = Balancer(lambda: [p.node.ws_url for p in cluster.pods.values() if p.started and p.deleted is None])
         channels = [f"{channel}.{i}" for i in range(CHANNELS)]
         tally = Tally()
-        tasks = await connect_all([old[i % 3] for i in range(CLIENTS)], channels, balancer, tally)
+        release = asyncio.Event()
+        tasks = await connect_all([old[i % 3] for i in range(CLIENTS)], channels, balancer, tally, release)
 
         await asyncio.to_thread(cluster.scale, 6)
         before = await asyncio.to_thread(status_json, kubeconfig)
@@ -210,15 +245,16 @@ async def test_scale_out_rebalances_within_10_percent_and_loses_nothing(redis_se
 
         publishing = asyncio.create_task(publish_rounds(broker, channels, pause=0.25))
         code, output = await cluster_cli_async(
-            kubeconfig, "rebalance", "--apply", "--window", "3", "--settle", "2", "--max-rounds", "3"
+            kubeconfig, "rebalance", "--apply", "--window", "3", "--settle", "60", "--max-rounds", "3", timeout=300
         )
-        # Measured while the clients are still connected (publishing goes on for a while).
+        # Measured while the clients are still connected: they stay until released.
         after = await asyncio.to_thread(status_json, kubeconfig)
-        published = await publishing
-        async with asyncio.timeout(120):
-            await asyncio.gather(*tasks)
         print(f"\nscale-out with {CLIENTS} clients: before {distribution(before)}, after {distribution(after)}")
         print(output)
+        published = await publishing
+        release.set()
+        async with asyncio.timeout(300):
+            await asyncio.gather(*tasks)
         print(f"published {published} ({published * CLIENTS // CHANNELS} deliveries due), received {tally.received}, "
               f"lost {tally.lost}, moved {tally.moved}, imbalance after {after['summary']['imbalance']:.1%}")
         assert code == 0, output
@@ -243,7 +279,9 @@ async def test_restart_replaces_pods_one_at_a_time_and_loses_nothing(redis_serve
         balancer = Balancer(lambda: [p.node.ws_url for p in cluster.pods.values() if p.started and p.deleted is None])
         channels = [f"{channel}.{i}" for i in range(3)]
         tally = Tally()
-        tasks = await connect_all([urls[i % 3] for i in range(30)], channels, balancer, tally)
+        release = asyncio.Event()
+        release.set()  # leave once every event came
+        tasks = await connect_all([urls[i % 3] for i in range(30)], channels, balancer, tally, release)
         publishing = asyncio.create_task(publish_rounds(broker, channels, pause=0.3))
         code, output = await cluster_cli_async(kubeconfig, "restart", "--timeout", "60", timeout=180)
         await publishing

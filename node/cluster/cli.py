@@ -48,7 +48,10 @@ def add_parser(commands: Any) -> None:
     rebalance.add_argument("--tolerance", type=_fraction, default=DEFAULT_TOLERANCE, help="balanced within this of the mean (default 10%%)")
     rebalance.add_argument("--window", type=float, default=30.0, help="seconds over which a pod sheds its share (default %(default)s)")
     rebalance.add_argument("--max-rounds", type=int, default=3, help="plan, shed and re-measure at most this often (default %(default)s)")
-    rebalance.add_argument("--settle", type=float, default=3.0, help="seconds to let shed clients land before re-measuring (default %(default)s)")
+    rebalance.add_argument(
+        "--settle", type=float, default=60.0,
+        help="after a round, wait at most this many seconds for the shed clients to reconnect before re-measuring (default %(default)s)",
+    )
 
     restart = sub.add_parser("restart", parents=[common], help="replace every pod strictly one at a time, each drained")
     restart.add_argument("--deployment", help="the Deployment (default: the one the selector matches)")

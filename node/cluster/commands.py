@@ -143,15 +143,26 @@ def print_plan(p: Plan, rows: list[Row], out: TextIO) -> None:
     print(f"mean {p.mean:.1f}, band {max(p.low, 0):.0f}..{p.high:.0f}: {p.moves} connections to move", file=out)
 
 
-def _wait_for_sheds(cluster: Cluster, selector: str, window: float, settle: float, sleep: Sleep) -> None:
-    """Wait out the shed window, then until no node is still shedding, then let clients land."""
+def returned(before: int, now: int) -> bool:
+    """Have the shed clients come back? All but 1 % (natural churn), or all but one for small counts."""
+    return now >= before - max(1, before // 100)
+
+
+def _wait_for_sheds(cluster: Cluster, selector: str, before: int, window: float, settle: float, sleep: Sleep) -> None:
+    """Wait out the shed window, then until no node is shedding and the shed clients have
+    reconnected somewhere (the total is back), at most ``settle`` seconds more.
+
+    Measuring before they are back would count them nowhere, and the next round would shed
+    again from pods that are already balanced.
+    """
     sleep(window)
-    deadline = time.monotonic() + window + 30
+    deadline = time.monotonic() + window + settle
     while time.monotonic() < deadline:
-        if not any((r.status or {}).get("shedding") for r in gather(cluster, selector)):
-            break
+        rows = gather(cluster, selector)
+        shedding = any((r.status or {}).get("shedding") for r in rows)
+        if not shedding and returned(before, sum(r.connections for r in rows if r.load().eligible)):
+            return
         sleep(0.5)
-    sleep(settle)
 
 
 def rebalance(
@@ -181,12 +192,13 @@ def rebalance(
             print("dry run: nothing was changed; run with --apply to shed as planned", file=out)
             return 0
         by_name = {r.pod.name: r.pod for r in rows}
+        before = sum(r.connections for r in rows if r.load().eligible)
         for shed in p.sheds:
             answer = cluster.node_call(
                 by_name[shed.pod], "POST", "shed", [("count", str(shed.count)), ("window", f"{window:g}")]
             )
             print(f"{shed.pod}: shedding {answer['shedding']} over {window:g}s", file=out)
-        _wait_for_sheds(cluster, selector, window, settle, sleep)
+        _wait_for_sheds(cluster, selector, before, window, settle, sleep)
     rows = gather(cluster, selector)
     final = plan([r.load() for r in rows], tolerance)
     print("after the last round:", file=out)
