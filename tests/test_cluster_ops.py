@@ -93,8 +93,11 @@ class Balancer:
         self.active: dict[str, int] = {}
 
     def pick(self) -> str:
+        """Choose, and count the connection at once, as a proxy does when it routes it."""
         urls = self.candidates()
-        return min(urls, key=lambda u: (self.active.get(u, 0), random.random()))
+        url = min(urls, key=lambda u: (self.active.get(u, 0), random.random()))
+        self.opened(url)
+        return url
 
     def opened(self, url: str) -> None:
         self.active[url] = self.active.get(url, 0) + 1
@@ -171,7 +174,6 @@ async def resume(channel: str, since: str, balancer: Balancer, tally: Tally) -> 
     for _ in range(20):
         url = balancer.pick()
         client = await WSClient.connect(url)
-        balancer.opened(url)
         await client.send({"type": "subscribe", "channel": channel, "since": since, "rid": 1})
         try:
             while True:

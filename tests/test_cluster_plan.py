@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from node.cluster.plan import PodLoad, Shed, expected_after, imbalance, plan
+from node.cluster.plan import PodLoad, Shed, expected_after, imbalance, plan, returned
 from node.cluster.pods import Pod, parse_pod
 from node.cluster.preflight import Check, judge, merge, requirements
 from node.cluster.restart import can_start, restart_order, step_done
@@ -72,6 +72,13 @@ def test_biggest_sheds_first_and_expected_fills_the_emptiest() -> None:
     assert [s.pod for s in result.sheds] == ["p1", "p0"]
     assert expected_after({"a": 10, "b": 0, "c": 4}, [Shed("a", 6)]) == {"a": 5, "b": 5, "c": 4}
     assert imbalance([500, 500]) == 0 and imbalance([1000, 0]) == 1.0 and imbalance([]) == 0
+
+
+@pytest.mark.parametrize(
+    ("before", "now", "back"), [(3000, 3000, True), (3000, 2970, True), (3000, 2969, False), (10, 9, True), (10, 8, False), (0, 0, True)]
+)
+def test_a_round_is_measured_once_the_shed_clients_are_back(before: int, now: int, back: bool) -> None:
+    assert returned(before, now) is back
 
 
 # -- pods as read from the API ----------------------------------------------------------------

@@ -674,6 +674,10 @@ def test_in_cluster_rebalancer_is_off_by_default_and_least_privileged(chart: Any
     assert container["command"] == ["fanline", "cluster", "rebalance", "--apply"]
     assert "--release=rt" in container["args"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Its pod is not one of the nodes the selector finds (it would count itself, and the
+    # Service and PodDisruptionBudget would take it in).
+    job_labels = job["jobTemplate"]["spec"]["template"]["metadata"]["labels"].items()
+    assert not one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= job_labels
     # The node pods themselves still get no API token.
     assert pod_spec(objects)["automountServiceAccountToken"] is False
 

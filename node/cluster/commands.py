@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from .kube import Cluster, ClusterError, Deployment
-from .plan import Plan, PodLoad, imbalance, plan
+from .plan import Plan, PodLoad, imbalance, plan, returned
 from .pods import Pod
 from .preflight import Check, Requirement, judge, requirements
 from .restart import can_start, ready_count, restart_order, step_done
@@ -141,11 +141,6 @@ def print_plan(p: Plan, rows: list[Row], out: TextIO) -> None:
             lines.append([name, str(r.connections), str(sheds.get(name, 0)), str(p.expected[name]), ""])
     print(_table(["POD", "NOW", "SHED", "EXPECTED", ""], lines), file=out)
     print(f"mean {p.mean:.1f}, band {max(p.low, 0):.0f}..{p.high:.0f}: {p.moves} connections to move", file=out)
-
-
-def returned(before: int, now: int) -> bool:
-    """Have the shed clients come back? All but 1 % (natural churn), or all but one for small counts."""
-    return now >= before - max(1, before // 100)
 
 
 def _wait_for_sheds(cluster: Cluster, selector: str, before: int, window: float, settle: float, sleep: Sleep) -> None:

@@ -116,3 +116,9 @@ def expected_after(current: Mapping[str, int], sheds: Sequence[Shed]) -> dict[st
         heapq.heappush(heap, (count + 1, name))
     final = {name: count for count, name in heap}
     return {name: final[name] for name in current}
+
+
+def returned(before: int, now: int) -> bool:
+    """Have the shed clients reconnected? The total is back to all but 1 % (natural churn),
+    or all but one for small counts: only then does a new measurement mean anything."""
+    return now >= before - max(1, before // 100)
