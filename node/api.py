@@ -1,8 +1,8 @@
 """The node's HTTP endpoints, as Starlette routes.
 
 Client port: ``POST /api/publish``, ``POST /api/publish/batch``, the demo page
-and the health probes.  Internal port: health probes, ``/metrics`` and
-``POST /drain``.
+and the health probes.  Internal port: health probes, ``/metrics``,
+``POST /drain``, ``POST /shed`` and ``GET /status`` (node.shed, node.status).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from broker_adapters.types import (
 )
 
 from .errors import ClientError, ErrorCode
+from .shed import Shedder
+from .status import Status
 from .tickets import RESERVED_CHANNEL_PREFIX
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ DEMO_PAGE = Path(__file__).with_name("demo.html")
 
 
 #: Operator endpoints, served on the client port too when there is no internal port.
-INTERNAL_PATHS = frozenset(("/metrics", "/drain"))
+INTERNAL_PATHS = frozenset(("/metrics", "/drain", "/shed", "/status"))
 
 
 def error_response(error: ClientError) -> Response:
@@ -201,9 +203,13 @@ async def drain(request: Request) -> Response:
 
 
 def internal_routes(node: Node) -> list[Route]:
+    shedder = Shedder(node)
     return [
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
         Route("/drain", drain, methods=["GET", "POST"]),
+        # Changes state like /drain (it closes connections): whatever guards /drain must guard it too.
+        Route("/shed", shedder.endpoint, methods=["POST"]),
+        Route("/status", Status(node, shedder).endpoint),
     ]

@@ -1,4 +1,4 @@
-"""The ``fanline`` command: ``node``, ``publish``, ``drain`` and ``settings``."""
+"""The ``fanline`` command: ``node``, ``publish``, ``drain``, ``settings`` and ``cluster`` (node.cluster)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from .cluster import cli as cluster_cli
 from .settings import Settings, SettingsError, add_arguments, markdown_table
 
 
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("settings", help="print the configuration reference as Markdown")
 
+    cluster_cli.add_parser(commands)
+
     args = parser.parse_args(argv)
     if args.command == "node":
         from .server import serve
@@ -117,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _publish_http(args.url, args.channel, data, args.event, args.api_key)
     if args.command == "drain":
         return _drain(args.url, args.wait)
+    if args.command == "cluster":
+        return cluster_cli.run(args)
     print(markdown_table(), end="")
     return 0
 

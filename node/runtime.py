@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker_adapters import Broker, open_broker
@@ -29,6 +29,7 @@ from .hub import Delivery, Hub
 from .logs import LogThrottle
 from .metrics import Metrics
 from .outbox import OutboxLimits
+from .pacing import drain_paced
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -242,29 +243,15 @@ class Node:
         return self._drain_task
 
     async def _drain(self) -> None:
-        """Close every connection over ``drain_window`` seconds, in random order.
-
-        Closing everyone at once sends a reconnect wave at the remaining
-        nodes; spreading the closes (and the clients' reconnect delays) keeps
-        that load flat.
-        """
-        window = self.settings.drain_window
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        """Close every connection over ``drain_window`` seconds, in random order (see node.pacing)."""
         victims = list(self.connections)
         random.shuffle(victims)
-        for index, connection in enumerate(victims):
-            if not self.connections:
-                break  # everyone left by themselves: nothing to wait for
-            if connection.closing is not None or connection not in self.connections:
-                continue
-            delay = started + window * index / max(len(victims), 1) - loop.time()
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._all_closed.wait()
-            if connection.closing is None and connection in self.connections:
-                connection.drain(random.randint(250, 1250))
+        await drain_paced(
+            victims,
+            self.settings.drain_window,
+            lambda c: c.closing is None and c in self.connections,
+            nobody_left=self._all_closed,
+        )
         # Closed clients need a moment to say goodbye; stragglers are left
         # to uvicorn's shutdown.
         if self.connections:
@@ -272,6 +259,10 @@ class Node:
                 async with asyncio.timeout(5.0):
                     await self._all_closed.wait()
         log.info("drain finished", extra={"left": len(self.connections)})
+
+    def spawn(self, coroutine: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        """Run a background task the node owns: cancelled in :meth:`stop` (used by node.shed)."""
+        return self._tasks.spawn(coroutine, name)
 
     # -- heartbeats and stalled writers ---------------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ helm = pytest.importorskip("helm_python")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 yaml = pytest.importorskip("yaml")
 
+from node.metrics import Metrics  # noqa: E402
 from node.settings import Settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,34 @@ def one(objects: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, Any]:
     return objects[kind][0]
 
 
+def named(objects: dict[str, list[dict[str, Any]]], kind: str, name: str) -> dict[str, Any]:
+    (found,) = [o for o in objects.get(kind, []) if o["metadata"]["name"] == name]
+    return found
+
+
+def client_service(objects: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return named(objects, "Service", f"{RELEASE}-fanline")
+
+
+def internal_service(objects: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    return named(objects, "Service", f"{RELEASE}-fanline-internal")
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name a node's /metrics can carry (histograms as _bucket, _sum, _count)."""
+    names = set()
+    for metric in Metrics().all():
+        if metric.kind == "histogram":
+            names |= {metric.name + suffix for suffix in ("_bucket", "_sum", "_count")}
+        else:
+            names.add(metric.name)
+    return names
+
+
+def metric_names_in(expr: str) -> set[str]:
+    return set(re.findall(r"\bfanline_[a-z_]+\b", expr))
+
+
 def load_values(path: Path) -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
     return loaded
@@ -84,20 +114,38 @@ def container_port(container: dict[str, Any], name: str) -> int:
 
 def check_custom_resource(doc: dict[str, Any], objects: dict[str, list[dict[str, Any]]]) -> None:
     """CRDs have no schema in kubernetes-validate: check what a wrong value would break."""
-    service = one(objects, "Service")
+    service = client_service(objects)
     service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
     if doc["kind"] == "ServiceMonitor":
         assert doc["apiVersion"] == "monitoring.coreos.com/v1"
-        assert doc["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        # It selects the internal Service, and only that one.
+        selector = doc["spec"]["selector"]["matchLabels"].items()
+        assert [s["metadata"]["name"] for s in objects["Service"] if selector <= s["metadata"]["labels"].items()] == [
+            internal_service(objects)["metadata"]["name"]
+        ]
         for endpoint in doc["spec"]["endpoints"]:
             assert endpoint["port"] == "internal" and endpoint["path"] == "/metrics"
+    elif doc["kind"] == "PrometheusRule":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        rules = [rule for group in doc["spec"]["groups"] for rule in group["rules"]]
+        assert rules and all(rule["alert"] and rule["expr"] for rule in rules)
+        for rule in rules:
+            assert metric_names_in(rule["expr"]) and metric_names_in(rule["expr"]) <= exported_metric_names(), rule
+    elif doc["kind"] == "ScaledObject":
+        assert doc["apiVersion"] == "keda.sh/v1alpha1"
+        assert doc["spec"]["scaleTargetRef"]["name"] == one(objects, "Deployment")["metadata"]["name"]
+        for trigger in doc["spec"]["triggers"]:
+            if trigger["type"] == "prometheus":
+                assert trigger["metadata"]["serverAddress"].startswith("http")
+                assert metric_names_in(trigger["metadata"]["query"]) <= exported_metric_names()
     elif doc["kind"] == "HTTPRoute":
         assert doc["apiVersion"] == "gateway.networking.k8s.io/v1"
         assert doc["spec"]["parentRefs"] and all(ref.get("name") for ref in doc["spec"]["parentRefs"])
         for rule in doc["spec"]["rules"]:
             for ref in rule["backendRefs"]:
                 assert (ref["name"], ref["port"]) == (service["metadata"]["name"], service_ports["client"])
-            assert GATEWAY_DURATION.match(rule["timeouts"]["request"])
+            if "timeouts" in rule:
+                assert GATEWAY_DURATION.match(rule["timeouts"]["request"])
             persistence = rule.get("sessionPersistence")
             if persistence:
                 assert persistence["type"] == "Cookie"
@@ -120,7 +168,7 @@ def test_renders_valid_kubernetes_objects(chart: Any, values_file: Path | None) 
     validated = 0
     for kind, docs in objects.items():
         for doc in docs:
-            if kind in ("ServiceMonitor", "HTTPRoute"):
+            if kind in ("ServiceMonitor", "HTTPRoute", "PrometheusRule", "ScaledObject"):
                 check_custom_resource(doc, objects)
                 continue
             for version in KUBE_VERSIONS:
@@ -178,7 +226,7 @@ def test_nginx_ingress_is_sticky_and_keeps_streams_open(chart: Any) -> None:
 
 def test_traefik_gets_sticky_cookie_on_the_service(chart: Any) -> None:
     objects = render(chart, load_values(CHART_DIR / "ci" / "nats-values.yaml"))
-    service_annotations = one(objects, "Service")["metadata"]["annotations"]
+    service_annotations = client_service(objects)["metadata"]["annotations"]
     assert service_annotations["traefik.ingress.kubernetes.io/service.sticky.cookie"] == "true"
     assert service_annotations["traefik.ingress.kubernetes.io/service.sticky.cookie.name"] == "fanline_affinity"
     ingress_annotations = one(objects, "Ingress")["metadata"].get("annotations", {})
@@ -209,9 +257,10 @@ def test_probes_and_prestop_drain_use_the_internal_port(chart: Any) -> None:
     assert container["lifecycle"]["preStop"]["exec"]["command"] == [
         "fanline", "drain", "--url", "http://127.0.0.1:9000", "--wait",
     ]  # fmt: skip
-    # The Service names both ports, pointing at the container's named ports.
-    ports = {p["name"]: p for p in one(objects, "Service")["spec"]["ports"]}
-    assert ports["client"]["targetPort"] == "client" and ports["internal"]["targetPort"] == "internal"
+    # Each Service points at the container's named port.
+    (client,) = client_service(objects)["spec"]["ports"]
+    (internal,) = internal_service(objects)["spec"]["ports"]
+    assert client["targetPort"] == "client" and internal["targetPort"] == "internal"
 
 
 @pytest.mark.parametrize(("window", "expected"), [(20, 35), (45, 60), (7.5, 23)])
@@ -241,7 +290,9 @@ def test_disruption_budget_matches_the_pods(chart: Any) -> None:
 
 
 def test_autoscaler_scales_on_connections_and_shrinks_slowly(chart: Any) -> None:
-    objects = render(chart, load_values(CHART_DIR / "ci" / "nats-values.yaml"))
+    values = load_values(CHART_DIR / "ci" / "nats-values.yaml")
+    values["autoscaling"]["engine"] = "hpa"
+    objects = render(chart, values)
     hpa = one(objects, "HorizontalPodAutoscaler")
     metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
     assert metrics["Resource"]["resource"]["name"] == "cpu"
@@ -384,3 +435,280 @@ def test_dockerfile_runs_fanline_node_as_non_root() -> None:
     assert any("PYTHONDONTWRITEBYTECODE=1" in i for i in final)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and ".venv" in ignored
+
+
+# -- issue 14: the chart's fixes, one render test each ----------------------------------------
+
+CLIENT_PATHS = [("/ws", "Exact"), ("/sse", "Exact"), ("/api/tickets", "Exact")]
+
+
+def ingress_paths(objects: dict[str, list[dict[str, Any]]]) -> list[tuple[str, str]]:
+    rules = one(objects, "Ingress")["spec"]["rules"]
+    return [(p["path"], p["pathType"]) for rule in rules for p in rule["http"]["paths"]]
+
+
+def test_1_public_routes_carry_the_client_paths_and_never_an_open_publish_api(chart: Any) -> None:
+    redis = load_values(CHART_DIR / "ci" / "redis-values.yaml")
+    assert ingress_paths(render(chart, redis)) == CLIENT_PATHS
+    (rule,) = one(render(chart, load_values(CHART_DIR / "ci" / "gateway-values.yaml")), "HTTPRoute")["spec"]["rules"]
+    assert [(m["path"]["value"], m["path"]["type"]) for m in rule["matches"]] == CLIENT_PATHS
+    # The demo page is public only when it is on.
+    assert ("/", "Exact") in ingress_paths(render(chart, {**redis, "config": {"demo": True}}))
+
+    # Routing the publish API publicly needs an API key (or a Secret that can hold one).
+    with pytest.raises(helm.HelmRenderError, match="reaches the publish API, and no API key is set"):
+        render(chart, {**redis, "routes": {"publishAPI": True}})
+    keyed = render(chart, {**redis, "routes": {"publishAPI": True}, "auth": {"apiKeys": ["k1"]}})
+    assert ("/api/publish", "Exact") in ingress_paths(keyed) and ("/api/publish/batch", "Exact") in ingress_paths(keyed)
+    assert ("/api/publish", "Exact") in ingress_paths(render(chart, load_values(CHART_DIR / "ci" / "kafka-values.yaml")))
+    # A host's own paths are checked the same way, on the Ingress and on the HTTPRoute.
+    catch_all = {**redis, "ingress": {**redis["ingress"], "hosts": [{"host": "h", "paths": [{"path": "/", "pathType": "Prefix"}]}]}}
+    with pytest.raises(helm.HelmRenderError, match=r"public route / \(Prefix\) reaches the publish API"):
+        render(chart, catch_all)
+    assert ingress_paths(render(chart, {**catch_all, "auth": {"apiKeys": ["k1"]}})) == [("/", "Prefix")]
+    gateway = load_values(CHART_DIR / "ci" / "gateway-values.yaml")
+    gateway["httpRoute"]["paths"] = [{"path": "/api", "pathType": "Prefix"}]
+    with pytest.raises(helm.HelmRenderError, match="reaches the publish API"):
+        render(chart, gateway)
+    for path, path_type in [("/apis", "Prefix"), ("/api/tickets", "Exact"), ("/ws", "Prefix")]:
+        gateway["httpRoute"]["paths"] = [{"path": path, "pathType": path_type}]
+        render(chart, gateway)
+
+
+def test_2_the_internal_port_is_on_its_own_cluster_ip_service(chart: Any) -> None:
+    objects = render(chart, {"service": {"type": "LoadBalancer"}})
+    client = client_service(objects)
+    assert client["spec"]["type"] == "LoadBalancer"
+    assert [p["name"] for p in client["spec"]["ports"]] == ["client"]
+    internal = internal_service(objects)
+    assert internal["spec"]["type"] == "ClusterIP"
+    assert [(p["name"], p["port"]) for p in internal["spec"]["ports"]] == [("internal", 9000)]
+    assert internal["spec"]["selector"] == client["spec"]["selector"]
+
+
+@pytest.mark.parametrize(("window", "expected"), [(20, 25), (45, 50), (7.5, 13)])
+def test_3_min_ready_seconds_follow_the_drain_window(chart: Any, window: float, expected: int) -> None:
+    deployment = one(render(chart, {"drain": {"windowSeconds": window}}), "Deployment")
+    # A replacement is "available" only once the pod before it has drained (window + 5 s):
+    # the Deployment drains one pod at a time, as docs/deploy.md says.
+    assert deployment["spec"]["minReadySeconds"] == expected >= window + 5
+    override = one(render(chart, {"rollingUpdate": {"minReadySeconds": 0}}), "Deployment")
+    assert override["spec"]["minReadySeconds"] == 0
+
+
+def test_4_network_policy_opens_the_client_port_and_guards_the_internal_one(chart: Any) -> None:
+    assert "NetworkPolicy" not in render(chart)
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    policy = one(render(chart, {"networkPolicy": {"enabled": True, "internalFrom": monitoring}}), "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    client_rule, internal_rule = policy["spec"]["ingress"]
+    assert client_rule == {"ports": [{"port": "client", "protocol": "TCP"}]}  # from anywhere
+    assert internal_rule == {"ports": [{"port": "internal", "protocol": "TCP"}], "from": monitoring}
+    # With no peer listed, nothing but the pod itself (preStop) and the kubelet reaches the internal port.
+    (only_client,) = one(render(chart, {"networkPolicy": {"enabled": True}}), "NetworkPolicy")["spec"]["ingress"]
+    assert only_client["ports"][0]["port"] == "client"
+
+
+def test_5_the_broker_url_is_required_from_an_existing_secret(chart: Any) -> None:
+    for values in (load_values(CHART_DIR / "ci" / "kafka-values.yaml"), None):
+        env = node_container(render(chart, values))["env"]
+        (broker,) = [e for e in env if e["name"] == "FANLINE_BROKER"]
+        name = "fanline-credentials" if values else f"{RELEASE}-fanline"
+        assert broker["valueFrom"]["secretKeyRef"] == {"name": name, "key": "FANLINE_BROKER", "optional": False}
+
+
+def test_6_autoscaling_names_a_metrics_source_that_can_serve_it(chart: Any) -> None:
+    nats = render(chart, load_values(CHART_DIR / "ci" / "nats-values.yaml"))
+    assert "HorizontalPodAutoscaler" not in nats  # KEDA owns the HPA it makes
+    scaled = one(nats, "ScaledObject")
+    prometheus = next(t for t in scaled["spec"]["triggers"] if t["type"] == "prometheus")
+    assert prometheus["metricType"] == "AverageValue" and prometheus["metadata"]["threshold"] == "8000"
+    assert prometheus["metadata"]["query"] == 'sum(fanline_connections{namespace="realtime",service="rt-fanline-internal"})'
+    assert scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["policies"][0]["value"] == 1
+    with pytest.raises(helm.HelmRenderError, match="set autoscaling.keda.serverAddress"):
+        render(chart, {"broker": {"url": "redis://r:6379/0"}, "autoscaling": {"enabled": True, "engine": "keda"}})
+    # Nothing claims that KEDA serves the HPA's Pods metric any more.
+    for text in ((CHART_DIR / "values.yaml").read_text(), (ROOT / "docs" / "deploy.md").read_text()):
+        assert "prometheus-adapter or KEDA" not in text and "(or KEDA)" not in text
+
+
+@pytest.mark.parametrize(
+    ("image", "reference", "label"),
+    [
+        ({}, "ghcr.io/fanline/fanline:0.1.0", "0.1.0"),
+        ({"registry": "mirror.example.com/"}, "mirror.example.com/ghcr.io/fanline/fanline:0.1.0", "0.1.0"),
+        ({"digest": "sha256:" + "a" * 64}, "ghcr.io/fanline/fanline@sha256:" + "a" * 64, "0.1.0"),
+        ({"tag": "1.2.3+build.7", "digest": "sha256:" + "b" * 64}, "ghcr.io/fanline/fanline@sha256:" + "b" * 64, "1.2.3_build.7"),
+    ],
+)
+def test_7_image_registry_and_digest_keep_the_version_label_valid(
+    chart: Any, image: dict[str, str], reference: str, label: str
+) -> None:
+    objects = render(chart, {"image": image})
+    assert node_container(objects)["image"] == reference
+    for docs in objects.values():
+        for doc in docs:
+            value = doc["metadata"]["labels"]["app.kubernetes.io/version"]
+            assert value == label and re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?", value)
+    with pytest.raises(helm.HelmValuesError, match="/image/digest"):
+        render(chart, {"image": {"digest": "latest"}})
+
+
+def test_8_httproute_timeouts_are_optional_and_the_client_port_speaks_websocket(chart: Any) -> None:
+    values = load_values(CHART_DIR / "ci" / "gateway-values.yaml")
+    values["httpRoute"]["requestTimeout"] = ""
+    (rule,) = one(render(chart, values), "HTTPRoute")["spec"]["rules"]
+    assert "timeouts" not in rule
+    (port,) = client_service(render(chart))["spec"]["ports"]
+    assert port["appProtocol"] == "kubernetes.io/ws"
+
+
+def test_9_readiness_tolerates_one_slow_broker_ping(chart: Any) -> None:
+    probe = node_container(render(chart))["readinessProbe"]
+    assert probe["failureThreshold"] >= 2
+    with pytest.raises(helm.HelmValuesError, match="/probes/readiness/failureThreshold"):
+        render(chart, {"probes": {"readiness": {"failureThreshold": 1}}})
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "complaint"),
+    [
+        ({"podDisruptionBudget": {"maxUnavailable": 0}}, "HelmValuesError", "/podDisruptionBudget/maxUnavailable"),
+        ({"podDisruptionBudget": {"maxUnavailable": "0%"}}, "HelmValuesError", "/podDisruptionBudget/maxUnavailable"),
+        ({"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}, "HelmRenderError", "cannot both be 0"),
+        ({"rollingUpdate": {"maxSurge": "0%", "maxUnavailable": 0}}, "HelmRenderError", "cannot both be 0"),
+    ],
+)
+def test_10_values_that_would_block_every_eviction_or_rollout_are_refused(
+    chart: Any, values: dict[str, Any], error: str, complaint: str
+) -> None:
+    with pytest.raises(getattr(helm, error), match=re.escape(complaint)):
+        render(chart, values)
+
+
+def test_10_global_values_are_allowed_for_use_as_a_subchart(chart: Any) -> None:
+    render(chart, {"global": {"imageRegistry": "mirror.example.com", "anything": [1, 2]}})
+    # Scaled-down rollouts that still make progress are fine.
+    render(chart, {"rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}, "podDisruptionBudget": {"maxUnavailable": "50%"}})
+
+
+def render_text(chart: Any, values: dict[str, Any] | None = None) -> dict[str, str]:
+    manifests: dict[str, str] = chart.render(values, name=RELEASE, namespace="realtime", is_install=True)
+    return manifests
+
+
+def test_12_user_annotations_replace_the_charts_instead_of_duplicating_keys(chart: Any) -> None:
+    values = load_values(CHART_DIR / "ci" / "redis-values.yaml")
+    values["ingress"]["annotations"] = {"nginx.ingress.kubernetes.io/proxy-read-timeout": "7200", "team": "rt"}
+    values["podAnnotations"] = {"checksum/config": "pinned", "prometheus.io/scrape": "false"}
+    texts = render_text(chart, values)
+    ingress = next(t for p, t in texts.items() if p.endswith("ingress.yaml"))
+    assert ingress.count("nginx.ingress.kubernetes.io/proxy-read-timeout:") == 1
+    annotations = one(render(chart, values), "Ingress")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "7200" and annotations["team"] == "rt"
+    assert annotations["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    deployment = next(t for p, t in texts.items() if p.endswith("deployment.yaml"))
+    assert deployment.count("checksum/config:") == 1
+
+    nats = load_values(CHART_DIR / "ci" / "nats-values.yaml")
+    nats["service"] = {"annotations": {"traefik.ingress.kubernetes.io/service.sticky.cookie.name": "mine"}}
+    texts = render_text(chart, nats)
+    service = next(t for p, t in texts.items() if p.endswith("service.yaml"))
+    assert service.count("service.sticky.cookie.name:") == 1
+    assert client_service(render(chart, nats))["metadata"]["annotations"][
+        "traefik.ingress.kubernetes.io/service.sticky.cookie.name"
+    ] == "mine"
+
+
+def test_12_listen_address_is_configurable_for_ipv6_clusters(chart: Any) -> None:
+    objects = render(chart, {"listenAddress": "::"})
+    assert one(objects, "ConfigMap")["data"]["FANLINE_HOST"] == "::"
+    assert node_container(objects)["lifecycle"]["preStop"]["exec"]["command"][3] == "http://[::1]:9000"
+    assert one(render(chart), "ConfigMap")["data"]["FANLINE_HOST"] == "0.0.0.0"
+
+
+def test_12_examples_request_one_cpu_per_one_loop_pod_and_docs_name_the_real_labels() -> None:
+    for path in CI_VALUES:
+        cpu = str(load_values(path).get("resources", {}).get("requests", {}).get("cpu", "250m"))
+        assert cpu.endswith("m") or float(cpu) <= 1, path.name
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert "transport label (ws, sse)" in deploy and "(websocket, sse)" not in deploy
+
+
+def test_13_dashboard_and_alerts_use_only_metrics_the_node_exports(chart: Any) -> None:
+    objects = render(chart, load_values(CHART_DIR / "ci" / "redis-values.yaml"))
+    dashboard_map = named(objects, "ConfigMap", f"{RELEASE}-fanline-dashboard")
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["fanline.json"])
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = set().union(*(metric_names_in(e) for e in exprs))
+    assert used <= exported_metric_names(), used - exported_metric_names()
+    # Every gauge and counter the operations guide talks about has a panel.
+    assert {"fanline_connections", "fanline_broker_available", "fanline_resumes_total", "fanline_draining"} <= used
+    rule = one(objects, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"FanlineBrokerUnavailable", "FanlineResumeResets", "FanlineLiveGapsRepaired", "FanlineSlowConsumers",
+            "FanlineNearConnectionLimit", "FanlineConnectionsImbalanced"} <= set(alerts)  # fmt: skip
+    for alert in alerts.values():
+        assert metric_names_in(alert["expr"]) <= exported_metric_names(), alert
+        assert 'service="rt-fanline-internal"' in alert["expr"]
+    # 90 % of config.maxConnections (20000 in the example).
+    assert alerts["FanlineNearConnectionLimit"]["expr"].endswith("> 18000")
+
+
+def test_in_cluster_rebalancer_is_off_by_default_and_least_privileged(chart: Any) -> None:
+    assert "CronJob" not in render(chart)
+    objects = render(chart, load_values(CHART_DIR / "ci" / "gateway-values.yaml"))
+    (role,) = objects["Role"]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get", "create"]},
+    ]
+    (binding,) = objects["RoleBinding"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    job = one(objects, "CronJob")["spec"]
+    assert job["concurrencyPolicy"] == "Forbid"
+    pod = job["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == binding["subjects"][0]["name"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["fanline", "cluster", "rebalance", "--apply"]
+    assert "--release=rt" in container["args"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # Its pod is not one of the nodes the selector finds (it would count itself, and the
+    # Service and PodDisruptionBudget would take it in).
+    job_labels = job["jobTemplate"]["spec"]["template"]["metadata"]["labels"].items()
+    assert not one(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= job_labels
+    # The node pods themselves still get no API token.
+    assert pod_spec(objects)["automountServiceAccountToken"] is False
+
+
+def test_11_image_has_no_installer_locked_hashed_dependencies_a_pinned_base_and_oci_labels() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    # The base is pinned by digest (one ARG, used by both stages).
+    (base,) = [i for i in instructions if i.startswith("ARG PYTHON_IMAGE=")]
+    assert re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}", base)
+    assert [i for i in instructions if i.startswith("FROM ")] == ["FROM ${PYTHON_IMAGE} AS builder", "FROM ${PYTHON_IMAGE}"]
+    final = "\n".join(instructions[instructions.index("FROM ${PYTHON_IMAGE}") :])
+    builder = "\n".join(instructions[: instructions.index("FROM ${PYTHON_IMAGE}")])
+    # Dependencies only from the hashed locks; the image's venv is made without pip.
+    assert "--require-hashes" in builder and "docker/requirements${EXTRAS:+-$EXTRAS}.lock" in builder
+    assert "venv --without-pip /opt/fanline" in builder
+    # The final stage installs nothing and removes the base's installers.
+    assert "pip install" not in final
+    assert "pip uninstall --yes --quiet pip setuptools wheel" in final and "ensurepip" in final
+    for label in ("title", "source", "licenses", "version", "revision", "created", "base.name"):
+        assert f"org.opencontainers.image.{label}=" in final, label
+    # Exec-form healthcheck: a JSON array, no shell.
+    (health,) = re.findall(r"HEALTHCHECK[^\n]*\n\s*CMD (.*)", text)
+    assert json.loads(health)[:2] == ["python", "-c"]
+    # Every lock pins with hashes, and the locks cover what pyproject.toml asks for.
+    for lock in ("requirements.lock", "requirements-kubernetes.lock", "build-requirements.lock"):
+        body = (ROOT / "docker" / lock).read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==\S+", body, re.MULTILINE)
+        assert pins and body.count("--hash=sha256:") >= len(pins), lock
+    runtime = (ROOT / "docker" / "requirements.lock").read_text().lower()
+    for name in ("starlette", "uvicorn", "websockets", "redis", "nats-py", "aiokafka", "pyjwt", "uvloop"):
+        assert f"\n{name}==" in runtime, name
+    assert "\nkubernetes==" in (ROOT / "docker" / "requirements-kubernetes.lock").read_text()
