@@ -227,6 +227,15 @@ class AccessPolicy:
         if not self.origins.permits(_header(scope, b"origin"), _header(scope, b"host")):
             raise ClientError(ErrorCode.ORIGIN_FORBIDDEN, "this origin may not connect")
 
+    @staticmethod
+    def has_credential(scope: Mapping[str, Any]) -> bool:
+        """Does the handshake carry a credential (one that may need I/O to check)?"""
+        return find_credential(scope) is not None
+
+    def identity_without_credential(self) -> Identity | None:
+        """Who a handshake without a credential is: anonymous, or (None) not yet known."""
+        return None if self.required else ANONYMOUS
+
     async def identify(self, scope: Mapping[str, Any], broker: Broker, *, deferred: bool = False) -> Identity | None:
         """The identity a handshake's credential proves.  Raises ClientError.
 

@@ -214,7 +214,7 @@ class EdgeProtocol(asyncio.Protocol):
             return
         request = self.reader.requests[0]
         if not self.internal and request.path == "/ws" and request.method == "GET" and request.upgrade:
-            self.task = asyncio.get_running_loop().create_task(self._websocket(request))
+            self._upgrade(request)
         elif not self.internal and request.path == "/sse" and request.method == "GET":
             self.task = asyncio.get_running_loop().create_task(self._stream(request))
         elif request.complete:
@@ -246,8 +246,8 @@ class EdgeProtocol(asyncio.Protocol):
         else:
             self._arm(self.node.settings.keep_alive_timeout)
 
-    async def _websocket(self, request: Request) -> None:
-        """The WebSocket handshake (RFC 6455 §4.2), the credential, then the socket changes hands."""
+    def _upgrade(self, request: Request) -> None:
+        """The WebSocket handshake (RFC 6455 §4.2), then the credential, then the socket changes hands."""
         transport = self.transport
         assert transport is not None
         node = self.node
@@ -267,6 +267,15 @@ class EdgeProtocol(asyncio.Protocol):
         except ClientError as exc:
             self._fail(exc)
             return
+        if not node.access.has_credential(scope):
+            # Anonymous, or a WebSocket that will send its auth frame: nothing
+            # to verify now, so no task either.
+            self._accepted(transport, key, node.access.identity_without_credential())
+            return
+        self.task = asyncio.get_running_loop().create_task(self._verify_then_accept(transport, key, scope))
+
+    async def _verify_then_accept(self, transport: asyncio.Transport, key: str, scope: dict[str, Any]) -> None:
+        node = self.node
         try:
             identity = await node.access.identify(scope, node.broker, deferred=True)
         except ClientError as exc:
@@ -274,8 +283,11 @@ class EdgeProtocol(asyncio.Protocol):
             # browser can read why (it never sees a refused handshake's status).
             self._accept(transport, key, None, refused=exc)
             return
-        if identity is not None and not node.has_room():
-            self._fail(node.full())
+        self._accepted(transport, key, identity)
+
+    def _accepted(self, transport: asyncio.Transport, key: str, identity: Identity | None) -> None:
+        if identity is not None and not self.node.has_room():
+            self._fail(self.node.full())
             return
         self._accept(transport, key, identity)
 

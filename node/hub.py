@@ -13,6 +13,17 @@ Every decision about what a subscriber is sent is a pure function of
 history, then merges; a channel whose live delivery may have skipped
 something holds its live publications, re-reads history from the last
 position it fanned out, and merges the same way.
+
+Reading the broker is what a subscribe costs most, so the hub avoids it
+where it already knows the answer, and shares it where it does not:
+
+- a channel live on this node keeps a small window of its last publications
+  (``resume_window``); a subscribe without ``since``, or with a ``since``
+  inside that window, is answered from it at once, with no I/O at all
+  (:meth:`Hub.subscribe_now`);
+- concurrent subscribes to one channel from one position share one history
+  read, provided the read starts after every one of them registered (a read
+  already in flight may predate a publication they would then miss).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -29,7 +41,7 @@ from broker_adapters.tasks import TaskSet
 from broker_adapters.types import History, Position, Publication
 
 from .metrics import Metrics
-from .resume import MergeGap, Reset, ResetReason, ResumePlan, plan_repair, plan_subscribe
+from .resume import MergeGap, Reset, ResetReason, ResumePlan, plan_repair, plan_subscribe, replay_from_recent
 
 log = logging.getLogger("fanline.hub")
 
@@ -110,7 +122,7 @@ class Subscribed:
 
 
 class ChannelState:
-    __slots__ = ("name", "subscribers", "last", "ready", "buffer", "generation")
+    __slots__ = ("name", "subscribers", "last", "ready", "buffer", "generation", "recent", "base")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -125,6 +137,31 @@ class ChannelState:
         # Bumped whenever live delivery may have skipped something, so a
         # history read that overlapped it is known to be stale.
         self.generation = 0
+        # The last live publications fanned out, without a hole, and the
+        # position just before the first of them; None while not known.
+        self.recent: deque[Publication] = deque()
+        self.base: Position | None = None
+
+    def remember(self, publication: Publication, size: int) -> None:
+        """Keep ``publication`` in the recent window (called as it is fanned out)."""
+        base = self.base
+        if base is None:
+            return
+        if publication.epoch != base.epoch:
+            self.forget()
+            return
+        recent = self.recent
+        if size <= 0:
+            self.base = publication.position
+            return
+        recent.append(publication)
+        if len(recent) > size:
+            self.base = recent.popleft().position
+
+    def forget(self, base: Position | None = None) -> None:
+        """The window no longer joins the stream (a reset, an epoch change): start again at ``base``."""
+        self.recent.clear()
+        self.base = base
 
 
 class Hub:
@@ -138,13 +175,18 @@ class Hub:
         replay_limit: int = 300,
         pending_limit: int = 10000,
         subscribe_wait: float = 5.0,
+        resume_window: int = 64,
     ) -> None:
         self.broker = broker
         self.metrics = metrics
         self.replay_limit = replay_limit
         self.pending_limit = pending_limit
         self.subscribe_wait = subscribe_wait
+        self.resume_window = resume_window
         self._channels: dict[str, ChannelState] = {}
+        # History reads waiting to be issued, shared by the subscribes that
+        # registered before it goes out: (channel, since offset) -> read.
+        self._batched: dict[tuple[str, int | None], asyncio.Future[History]] = {}
         self._unsubscribing: dict[str, asyncio.Task[None]] = {}
         self._tasks = TaskSet()
         self._contiguous = broker.contiguous_offsets
@@ -165,6 +207,44 @@ class Hub:
         self._channels.clear()
 
     # -- subscribe and resume ----------------------------------------------------------
+
+    def subscribe_now(
+        self, subscriber: Subscriber, channel: str, since: Position | None, index: int = 0
+    ) -> Subscribed | None:
+        """Subscribe without any I/O, if the node already knows the answer; None otherwise.
+
+        A channel live on this node, not repairing a gap, knows its last
+        position and its recent window: a fresh subscribe starts at that
+        position, and a resume inside the window is replayed from it.
+        Everything after it reaches the new subscription live.
+        """
+        state = self._channels.get(channel)
+        if (
+            state is None
+            or state.base is None
+            or state.buffer is not None
+            or state.ready is None
+            or not state.ready.done()
+            or state.ready.cancelled()
+            or state.ready.exception() is not None
+            or not self._available.is_set()
+        ):
+            return None
+        last = state.recent[-1].position if state.recent else state.base
+        if since is None:
+            plan = ResumePlan(last, None, 0, (), last)
+        else:
+            replay = replay_from_recent(since, state.base, state.recent, self.replay_limit)
+            if replay is None:
+                return None
+            plan = ResumePlan(since, True, len(replay), tuple(replay), last)
+            self.metrics.resumes.labels("recovered").inc()
+            self.metrics.replayed.observe(len(replay))
+        subscription = Subscription(channel, subscriber, index)
+        state.subscribers[subscription] = None
+        self.metrics.subscriptions.inc()
+        self.metrics.subscribes.labels("window").inc()
+        return Subscribed(subscription, plan, {})
 
     async def subscribe(
         self, subscriber: Subscriber, channel: str, since: Position | None, index: int = 0
@@ -205,9 +285,7 @@ class Hub:
     ) -> Subscribed:
         for _ in range(_READ_ATTEMPTS):
             generation = state.generation
-            history = await self.broker.history(
-                state.name, None if since is None else since.offset, self.replay_limit + 1
-            )
+            history = await self._read(state.name, None if since is None else since.offset)
             if state.generation != generation:
                 continue  # live delivery skipped something during the read
             held = subscription.held or []
@@ -223,6 +301,44 @@ class Hub:
             subscription.held = []
             return Subscribed(subscription, plan, {id(d.publication): d for d in held})
         raise BrokerError("live delivery keeps skipping on this channel; try again")
+
+    def _read(self, channel: str, since: int | None) -> asyncio.Future[History]:
+        """A history read shared by the subscribes that join it before it is issued.
+
+        The read goes out at the end of this loop pass; every subscribe that
+        asks for the same channel and position until then shares it.  Each of
+        them registered before asking, so the read cannot predate a
+        publication any of them would miss.
+        """
+        key = (channel, since)
+        batch = self._batched.get(key)
+        if batch is None:
+            batch = self._batched[key] = asyncio.get_running_loop().create_future()
+            self.metrics.subscribes.labels("read").inc()
+            asyncio.get_running_loop().call_soon(self._issue, key, batch)
+        else:
+            self.metrics.subscribes.labels("shared_read").inc()
+        return batch
+
+    def _issue(self, key: tuple[str, int | None], batch: asyncio.Future[History]) -> None:
+        if self._batched.get(key) is batch:
+            del self._batched[key]
+        channel, since = key
+
+        async def read() -> None:
+            try:
+                history = await self.broker.history(channel, since, self.replay_limit + 1)
+            except BaseException as exc:
+                if not batch.done():
+                    batch.set_exception(exc if isinstance(exc, Exception) else BrokerUnavailable("cancelled"))
+                    batch.exception()  # retrieved: a batch nobody awaits any more must not warn
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            if not batch.done():
+                batch.set_result(history)
+
+        self._spawn(read(), f"history:{channel}")
 
     def _plan(self, since: Position | None, history: History, held: list[Delivery]) -> ResumePlan:
         return plan_subscribe(
@@ -251,8 +367,10 @@ class Hub:
             subscription.deliver(delivery)
         state = self._channels.get(subscription.channel)
         if state is not None and state.last is None and state.buffer is None:
-            # From here on the channel's live stream is checked against this position.
+            # From here on the channel's live stream is checked against this
+            # position, and the recent window grows from it.
             state.last = subscription.position
+            state.forget(subscription.position)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         state = self._channels.get(subscription.channel)
@@ -329,6 +447,7 @@ class Hub:
 
     def _fan_out(self, state: ChannelState, publication: Publication) -> None:
         state.last = publication.position
+        state.remember(publication, self.resume_window)
         delivery = Delivery(publication)
         # No copy of the subscriber set: delivering never unsubscribes (a
         # connection that overflows is closed later, by its own handler).
@@ -420,6 +539,7 @@ class Hub:
 
     def _reset_all(self, state: ChannelState, reset: Reset) -> None:
         state.last = reset.position
+        state.forget(reset.position)
         for subscription in list(state.subscribers):
             if subscription.held is None:
                 subscription.reset(reset.position, reset.reason)

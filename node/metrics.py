@@ -188,6 +188,12 @@ class Metrics:
         self.client_errors = Counter(
             p + "client_errors_total", "Error frames or responses sent for bad client input.", ("code",)
         )
+        self.subscribes = Counter(
+            p + "subscribes_total",
+            "How subscribes learned their position: from the node's recent window (window), by reading "
+            "the broker (read), or by sharing another subscribe's read (shared_read).",
+            ("source",),
+        )
         self.resumes = Counter(
             p + "resumes_total", "Resume attempts by outcome.", ("outcome",)
         )

@@ -171,6 +171,25 @@ def plan_subscribe(
     return ResumePlan(since, True, len(replay), tuple(steps), position)
 
 
+def replay_from_recent(
+    since: Position, base: Position, recent: Sequence[Publication], replay_limit: int
+) -> list[Publication] | None:
+    """The publications after ``since``, from what the node itself delivered, if that covers it.
+
+    ``recent`` is the node's window of the channel's last live publications,
+    in order and without a hole, and ``base`` the position just before the
+    first of them (or the channel's last position, when the window is
+    empty).  A position inside the window is served from it, exactly as
+    history would serve it; anything else (older, another epoch, ahead) is
+    None: read the broker.
+    """
+    last = recent[-1].position if recent else base
+    if since.epoch != base.epoch or not base.offset <= since.offset <= last.offset:
+        return None
+    replay = [p for p in recent if p.offset > since.offset]
+    return replay if len(replay) <= replay_limit else None
+
+
 def plan_repair(
     origin: Position, history: History, held: Sequence[Publication], *, replay_limit: int
 ) -> tuple[Position, list[Step]]:

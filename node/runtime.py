@@ -22,6 +22,7 @@ from broker_adapters import Broker, open_broker
 from broker_adapters.base import BrokerError
 from broker_adapters.tasks import TaskSet
 
+from . import protocol
 from .access import AccessPolicy
 from .connection import Flush, tune_socket
 from .errors import ClientError, CloseCode, ErrorCode
@@ -49,8 +50,11 @@ class Node:
             metrics=self.metrics,
             replay_limit=settings.replay_limit,
             subscribe_wait=settings.subscribe_wait,
+            resume_window=settings.resume_window,
         )
         self.access = AccessPolicy(settings)
+        # The first message of every WebSocket: the same bytes for all of them.
+        self.hello = protocol.connected_frame(self.name, settings.heartbeat_interval).encode()
         self.connections: set[Connection] = set()
         self.draining = False
         self.flush = Flush()

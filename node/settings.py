@@ -52,6 +52,11 @@ class Settings:
         "behind gets a reset instead.",
     )
 
+    resume_window: int = _setting(
+        64,
+        "Publications per live channel a node keeps to answer subscribes and resumes without "
+        "reading the broker. 0 keeps none (every resume reads the broker).",
+    )
     subscribe_wait: float = _setting(
         5.0,
         "Seconds a subscribe waits for the broker while the node (re)connects to it, before it "
@@ -212,6 +217,8 @@ class Settings:
             raise SettingsError("ports must be between 1 and 65535 (internal_port may be 0)")
         if self.internal_port == self.port:
             raise SettingsError("internal_port must differ from port (or be 0)")
+        if self.resume_window < 0 or self.resume_window > self.replay_limit:
+            raise SettingsError("resume_window must be between 0 and replay_limit")
         if self.stream_check_interval < 0:
             raise SettingsError("stream_check_interval must be 0 (off) or more")
         self.namespace_policies()

@@ -113,7 +113,9 @@ class SSEConnection(Connection):
         try:
             for index, channel in enumerate(self.channels):
                 since = positions[index] if positions else None
-                subscribed = await node.hub.subscribe(self, channel, since, index)
+                subscribed = node.hub.subscribe_now(self, channel, since, index) or await node.hub.subscribe(
+                    self, channel, since, index
+                )
                 if self._released:
                     node.hub.unsubscribe(subscribed.subscription)
                     return

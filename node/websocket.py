@@ -26,7 +26,7 @@ from broker_adapters.base import BrokerError
 from . import protocol
 from .connection import Connection, Item, ResetItem
 from .errors import ClientError, CloseCode, ErrorCode
-from .hub import Delivery
+from .hub import Delivery, Subscribed
 from .websocket_frames import (
     PING_FRAME,
     Close,
@@ -116,8 +116,9 @@ class WebSocketConnection(Connection):
         super().__init__(node, transport, number, identity)
         settings = node.settings
         self.reader = FrameReader(settings.max_message_bytes)
-        # Client messages waiting for the handler task, and that task.
-        self.inbox: deque[str] | None = None
+        # Client messages waiting for the handler task (text until the
+        # connection is authenticated, parsed after), and that task.
+        self.inbox: deque[str | protocol.ClientMessage] | None = None
         self.worker: asyncio.Task[None] | None = None
         # Token bucket for inbound messages.
         self._tokens = float(settings.rate_burst)
@@ -146,7 +147,7 @@ class WebSocketConnection(Connection):
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        self.send(protocol.connected_frame(self.node.name, self.node.settings.heartbeat_interval).encode())
+        self.send(self.node.hello)
         self.expire_at(self.node.access.deadline(self.identity), self._expired)
 
     def _no_auth(self) -> None:
@@ -208,10 +209,23 @@ class WebSocketConnection(Connection):
             self.send(protocol.pong_frame(parsed.rid).encode())
         elif isinstance(parsed, protocol.Unsubscribe):
             self.unsubscribe(parsed)
+        elif isinstance(parsed, protocol.Subscribe):
+            # Most subscribes need no I/O (a live channel, a resume inside the
+            # node's recent window): answered here, with no task at all.
+            try:
+                self.check_subscribe(parsed)
+                subscribed = self.node.hub.subscribe_now(self, parsed.channel, parsed.since)
+            except ClientError as exc:
+                self.error(exc.with_request(parsed.rid, parsed.channel))
+                return
+            if subscribed is None:
+                self._enqueue(parsed)
+            else:
+                self.subscribed(subscribed, parsed)
         else:
-            self._enqueue(text)
+            self._enqueue(parsed)
 
-    def _enqueue(self, text: str) -> None:
+    def _enqueue(self, text: str | protocol.ClientMessage) -> None:
         inbox = self.inbox
         if inbox is None:
             inbox = self.inbox = deque()
@@ -226,10 +240,10 @@ class WebSocketConnection(Connection):
         """Handle waiting messages in order; the task ends when none is left."""
         try:
             while self.inbox and self.closing is None:
-                text = self.inbox.popleft()
+                message = self.inbox.popleft()
                 if len(self.inbox) == _INBOX_LIMIT - 1 and not self.transport.is_closing():
                     self.transport.resume_reading()
-                await self.handle(text)
+                await self.handle(message)
         except Exception:
             log.exception("unexpected error handling a client message", extra={"connection": self.number})
             self.close(CloseCode.INTERNAL_ERROR, ErrorCode.INTERNAL.value, flush=False)
@@ -259,16 +273,19 @@ class WebSocketConnection(Connection):
 
     # -- the messages -----------------------------------------------------------------------------
 
-    async def handle(self, text: str) -> None:
+    async def handle(self, text: str | protocol.ClientMessage) -> None:
         node = self.node
-        try:
-            message = protocol.parse_client_message(text, max_channel_length=node.settings.max_channel_length)
-        except ClientError as exc:
-            if self.identity is None:
-                self.refuse(ClientError(ErrorCode.UNAUTHORIZED, "the first frame must be auth"))
-            else:
-                self.error(exc)
-            return
+        if isinstance(text, str):
+            try:
+                message = protocol.parse_client_message(text, max_channel_length=node.settings.max_channel_length)
+            except ClientError as exc:
+                if self.identity is None:
+                    self.refuse(ClientError(ErrorCode.UNAUTHORIZED, "the first frame must be auth"))
+                else:
+                    self.error(exc)
+                return
+        else:
+            message = text
         try:
             if self.identity is None:
                 await self.authenticate(message)
@@ -306,7 +323,8 @@ class WebSocketConnection(Connection):
         self.expire_at(self.node.access.deadline(renewed), self._expired)
         self.send(protocol.refreshed_frame(renewed.user, renewed.expires, message.rid).encode())
 
-    async def subscribe(self, message: protocol.Subscribe) -> None:
+    def check_subscribe(self, message: protocol.Subscribe) -> None:
+        """May this connection subscribe to the channel now?  Raises ClientError."""
         node = self.node
         channel = message.channel
         subscriptions = self.subscriptions
@@ -319,11 +337,23 @@ class WebSocketConnection(Connection):
             )
         assert self.identity is not None
         node.access.check_subscribe(self.identity, channel)
-        try:
-            subscribed = await node.hub.subscribe(self, channel, message.since)
-        except BrokerError as exc:
-            raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}") from None
-        if self.closing is not None or self.subscriptions is None and self._released:
+
+    async def subscribe(self, message: protocol.Subscribe) -> None:
+        node = self.node
+        self.check_subscribe(message)
+        subscribed = node.hub.subscribe_now(self, message.channel, message.since)
+        if subscribed is None:
+            try:
+                subscribed = await node.hub.subscribe(self, message.channel, message.since)
+            except BrokerError as exc:
+                raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}") from None
+        self.subscribed(subscribed, message)
+
+    def subscribed(self, subscribed: Subscribed, message: protocol.Subscribe) -> None:
+        """Reply to a subscribe that succeeded, then let its events flow."""
+        node = self.node
+        channel = message.channel
+        if self.closing is not None or self._released:
             node.hub.unsubscribe(subscribed.subscription)
             return
         if self.subscriptions is None:

@@ -189,3 +189,34 @@ def test_a_recovered_resume_gets_exactly_what_it_missed_in_order(
     assert plan.recovered is True
     assert [s for s in plan.steps] == stream[since_index + 1 :]
 
+
+
+# -- the node's recent window ----------------------------------------------------------------
+
+from node.resume import replay_from_recent  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "since,expected",
+    [
+        (Position(E, 4), [5, 7, 9]),  # the base itself: everything in the window
+        (Position(E, 5), [7, 9]),
+        (Position(E, 6), [7, 9]),  # between offsets of a shared stream
+        (Position(E, 9), []),  # up to date
+        (Position(E, 3), None),  # older than the window: read the broker
+        (Position(E, 10), None),  # ahead: the broker decides (position_ahead)
+        (Position("other", 5), None),  # another epoch
+    ],
+)
+def test_replay_from_recent(since: Position, expected: list[int] | None) -> None:
+    got = replay_from_recent(since, Position(E, 4), [pub(5), pub(7), pub(9)], replay_limit=300)
+    assert (None if got is None else [p.offset for p in got]) == expected
+
+
+def test_an_empty_window_serves_only_its_base() -> None:
+    assert replay_from_recent(Position(E, 4), Position(E, 4), [], 300) == []
+    assert replay_from_recent(Position(E, 3), Position(E, 4), [], 300) is None
+
+
+def test_the_window_never_replays_past_the_limit() -> None:
+    assert replay_from_recent(Position(E, 4), Position(E, 4), [pub(5), pub(6)], replay_limit=1) is None
