@@ -14,7 +14,8 @@ is delayed to make that happen: the flush is the end of the current pass.
 
 Bounds.  The transport stops us (``pause_writing``) once the kernel's send
 buffer, capped per socket, and the transport's own buffer are full; messages
-then wait in the outbox.  A client is a *slow consumer* when its outbox
+then wait in the outbox, and only then do its bounds apply: what a socket
+that takes data gets in one pass is written at the end of that pass.  A client is a *slow consumer* when its outbox
 overflows, when its oldest waiting message is older than ``max_lag``, or
 when its socket has taken nothing for ``send_timeout``.  The first two apply
 the channel's policy (disconnect, reset or latest); the last aborts the TCP
@@ -175,12 +176,18 @@ class Connection(asyncio.Protocol, abc.ABC):
             return
         outbox = self.outbox
         channel = subscription.channel
-        if outbox.conflated(channel):
+        size = len(delivery.publication.data) + _ENVELOPE
+        if self.paused_at is None:
+            # The socket takes data: whatever this pass queues is written at
+            # its end, so there is no backlog to bound (a burst that arrived
+            # in one pass is shared data, not this client falling behind).
+            outbox.force(delivery, size)
+        elif outbox.conflated(channel):
             # A channel being conflated keeps only its newest event, so its
             # events never leave out of order.
             outbox.put_latest(channel, delivery, self.node.loop_time())
             self.node.metrics.slow_consumers.labels("latest").inc()
-        elif not outbox.put(delivery, len(delivery.publication.data) + _ENVELOPE, self.node.outbox_limits):
+        elif not outbox.put(delivery, size, self.node.outbox_limits):
             self.overflow(subscription, delivery)
             return
         if not self._dirty:
@@ -198,7 +205,9 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.closing is not None:
             return
         size = len(item) if isinstance(item, bytes) else _ENVELOPE
-        if not self.outbox.put(item, size, self.node.outbox_limits):
+        if self.paused_at is None:
+            self.outbox.force(item, size)
+        elif not self.outbox.put(item, size, self.node.outbox_limits):
             self.slow_consumer("disconnect", "outbox full")
             return
         self._mark_dirty()
@@ -224,9 +233,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         """Drop what is queued and tell every channel so, with a reset at its last queued position."""
         self.node.metrics.slow_consumers.labels("reset").inc()
         dropped = self.outbox.clear()
-        log.warning(
-            "slow consumer reset",
-            extra={"connection": self.number, "transport": self.kind, "dropped": dropped, "why": why},
+        self.node.log_throttled(
+            log, "slow consumer reset", connection=self.number, transport=self.kind, dropped=dropped, why=why
         )
         for subscription in (self.subscriptions or {}).values():
             if subscription.held is None:
@@ -316,9 +324,9 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.closing is not None:
             return
         self.node.metrics.slow_consumers.labels(policy).inc()
-        log.warning(
-            "slow consumer disconnected",
-            extra={"connection": self.number, "transport": self.kind, "why": why, "queued": len(self.outbox)},
+        self.node.log_throttled(
+            log, "slow consumer disconnected", connection=self.number, transport=self.kind, why=why,
+            queued=len(self.outbox),
         )
         self.close(CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
 

@@ -227,6 +227,12 @@ class Node:
         if suppressed is not None:
             log.warning("limit reached", extra={"limit": limit, "suppressed_since_last": suppressed, **details})
 
+    def log_throttled(self, logger: logging.Logger, message: str, **details: object) -> None:
+        """A warning that may repeat in bursts: at most one line per message per 10 s, with a count."""
+        suppressed = self._limit_log.allow(message)
+        if suppressed is not None:
+            logger.warning(message, extra={**details, "suppressed_since_last": suppressed})
+
     def slow_consumer_policy(self, channel: str) -> str:
         namespace, sep, _ = channel.partition(":")
         if sep and namespace in self._namespace_policies:
