@@ -18,7 +18,28 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from .base import Broker, BrokerListener, NullListener
+from .options import parse_options
+from .tasks import TaskSet
 from .types import History, Position, Publication
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryOptions:
+    history_size: int = 1000
+    history_ttl: float = 600.0  # seconds
+    # A channel's epoch and offset outlive its history by this long, so a
+    # client that returns after the history expired gets "trimmed", not a
+    # new epoch; after that the stream is forgotten to bound memory.
+    meta_ttl: float = 86400.0  # seconds
+
+    def __post_init__(self) -> None:
+        if self.history_size < 0 or self.history_ttl <= 0 or self.meta_ttl <= 0:
+            raise ValueError("history_size must be >= 0, history_ttl and meta_ttl > 0")
+
+    @property
+    def retention(self) -> float:
+        """How long an idle stream is kept: at least as long as its history."""
+        return max(self.meta_ttl, self.history_ttl)
 
 
 @dataclass(slots=True)
@@ -34,41 +55,21 @@ class MemoryBroker(Broker):
     kind = "memory"
     contiguous_offsets = True
 
-    def __init__(
-        self,
-        *,
-        history_size: int = 1000,
-        history_ttl: float = 600.0,
-        meta_ttl: float = 86400.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if history_size < 0 or history_ttl <= 0:
-            raise ValueError("history_size must be >= 0 and history_ttl > 0")
-        self.history_size = history_size
-        self.history_ttl = history_ttl
-        # A channel's epoch and offset outlive its history by this long, so a
-        # client that returns after the history expired gets "trimmed", not a
-        # new epoch; after that the stream is forgotten to bound memory.
-        self.meta_ttl = max(meta_ttl, history_ttl)
+    def __init__(self, options: MemoryOptions | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.options = options or MemoryOptions()
         self._clock = clock
         self._streams: dict[str, _Stream] = {}
         self._subscribed: set[str] = set()
         self._listener: BrokerListener = NullListener()
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks = TaskSet()
 
     async def start(self, listener: BrokerListener) -> None:
         self._listener = listener
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="memory-broker-sweep")
+        if not self._tasks:
+            self._tasks.spawn(self._sweep_forever(), "memory-broker-sweep")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        await self._tasks.cancel_all()
         self._listener = NullListener()
 
     def _stream(self, channel: str) -> _Stream:
@@ -83,7 +84,7 @@ class MemoryBroker(Broker):
         return stream
 
     def _expire(self, stream: _Stream, now: float) -> None:
-        horizon = now - self.history_ttl
+        horizon = now - self.options.history_ttl
         items = stream.items
         while items and items[0][0] < horizon:
             items.popleft()
@@ -99,9 +100,9 @@ class MemoryBroker(Broker):
             event=event,
             time_ms=int(time.time() * 1000),
         )
-        if self.history_size:
+        if self.options.history_size:
             stream.items.append((stream.touched, publication))
-            if len(stream.items) > self.history_size:
+            if len(stream.items) > self.options.history_size:
                 stream.items.popleft()
         if channel in self._subscribed:
             self._listener.on_publication(publication)
@@ -129,7 +130,7 @@ class MemoryBroker(Broker):
         return None
 
     async def _sweep_forever(self) -> None:
-        interval = min(60.0, self.history_ttl)
+        interval = min(60.0, self.options.history_ttl)
         while True:
             await asyncio.sleep(interval)
             self.sweep()
@@ -139,14 +140,11 @@ class MemoryBroker(Broker):
         now = self._clock()
         for channel, stream in list(self._streams.items()):
             self._expire(stream, now)
-            idle = now - stream.touched > self.meta_ttl
+            idle = now - stream.touched > self.options.retention
             if idle and not stream.items and channel not in self._subscribed:
                 del self._streams[channel]
 
 
 def from_url(url: str) -> MemoryBroker:
     """``memory://?history_size=1000&history_ttl=600&meta_ttl=86400``."""
-    from . import url_options
-
-    options = url_options(url, {"history_size": int, "history_ttl": float, "meta_ttl": float})
-    return MemoryBroker(**options)  # type: ignore[arg-type]
+    return MemoryBroker(parse_options(url, MemoryOptions))

@@ -1,4 +1,4 @@
-"""The Lua scripts behind the Redis adapter, and the key layout they assume.
+"""The Lua scripts behind the Redis adapter, the key layout they assume, and their replies.
 
 docs/brokers/redis.md reproduces :data:`PUBLISH_SCRIPT` verbatim so that
 applications in other languages can publish natively; the raw-client test in
@@ -16,6 +16,35 @@ may touch them atomically.
 """
 
 from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+
+_EPOCH_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_epoch() -> str:
+    """A fresh random epoch ([A-Za-z0-9]{8}), for a channel that has none yet."""
+    return "".join(secrets.choice(_EPOCH_ALPHABET) for _ in range(8))
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKeys:
+    """The names of one channel's keys under ``prefix``."""
+
+    prefix: str
+    channel: str
+
+    @property
+    def script_keys(self) -> list[str]:
+        """KEYS of both scripts: meta hash, stream."""
+        tagged = f"{self.prefix}:{{{self.channel}}}"
+        return [f"{tagged}:meta", f"{tagged}:stream"]
+
+    @property
+    def live(self) -> str:
+        return f"{self.prefix}:{{{self.channel}}}:live"
 
 # KEYS[1] meta hash, KEYS[2] stream.
 # ARGV[1] live pub/sub channel, ARGV[2] data, ARGV[3] event type or "",
@@ -94,3 +123,18 @@ if first ~= nil and tonumber(first) == since + 1 and since >= top - tonumber(ARG
 end
 return {epoch, top, complete, table.concat(packed)}
 """
+
+
+def unpack_entries(packed: bytes, limit: int) -> list[tuple[int, int, bytes, bytes]]:
+    """Split the history script's packed entries into (offset, time_ms, event, data)."""
+    out: list[tuple[int, int, bytes, bytes]] = []
+    view = memoryview(packed)
+    position = 0
+    while position < len(packed) and len(out) < limit:
+        newline = packed.index(b"\n", position)
+        offset, time_ms, event_length, data_length = packed[position:newline].split(b":")
+        event_end = newline + 1 + int(event_length)
+        data_end = event_end + int(data_length)
+        out.append((int(offset), int(time_ms), bytes(view[newline + 1 : event_end]), bytes(view[event_end:data_end])))
+        position = data_end
+    return out
