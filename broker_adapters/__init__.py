@@ -13,7 +13,7 @@ publications accepted the same way (:mod:`.foreign`), reconnects paced by
 
 from __future__ import annotations
 
-from .base import Broker, BrokerListener
+from .base import Broker, BrokerListener, BrokerStats
 from .errors import BrokerError, BrokerUnavailable, FanlineError, UnknownBrokerURL
 from .registry import open_broker
 from .types import History, Position, Publication
@@ -22,6 +22,7 @@ __all__ = [
     "Broker",
     "BrokerError",
     "BrokerListener",
+    "BrokerStats",
     "BrokerUnavailable",
     "FanlineError",
     "History",

@@ -97,12 +97,15 @@ class KafkaOptions:
 
 
 class KafkaBroker(Broker):
+    """One topic, channels as record keys, history read back from the log; see the module docstring."""
+
     kind = "kafka"
     contiguous_offsets = False
 
     def __init__(self, bootstrap_servers: str, options: KafkaOptions | None = None) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        super().__init__()
         self.options = options or KafkaOptions()
+        self.bootstrap_servers = bootstrap_servers
         self._listener: BrokerListener = NullListener()
         self._producer: AIOKafkaProducer | None = None
         self._reader: AIOKafkaConsumer | None = None  # history scans, one at a time
@@ -318,6 +321,7 @@ class KafkaBroker(Broker):
             if last is None:
                 # No record of this key in [base, end): any position in that
                 # range means "nothing yet".
+                self.stats.empty_reads += 1
                 if since is not None and index.base <= since <= end:
                     history = History(top=Position(epoch, since), complete=True)
                 else:

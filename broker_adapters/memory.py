@@ -5,6 +5,11 @@ the same contract as the networked brokers (positions, bounded history,
 epochs), so clients behave identically; but its state dies with the process,
 and a restarted node starts every channel in a new epoch, which resuming
 clients see as an explicit reset.
+
+A channel's stream exists from its first publication until it has been idle
+for ``meta_ttl``; reading or subscribing to a channel keeps nothing for it,
+and a channel without a stream reports the epoch its first publication will
+get (:mod:`broker_adapters.empty`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 
 from .base import Broker, BrokerListener, NullListener
+from .empty import empty_epoch
 from .options import parse_options
 from .tasks import TaskSet
 from .types import History, Position, Publication
@@ -52,16 +58,26 @@ class _Stream:
 
 
 class MemoryBroker(Broker):
+    """History and fan-out in this process, for one node; see the module docstring."""
+
     kind = "memory"
     contiguous_offsets = True
 
     def __init__(self, options: MemoryOptions | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.options = options or MemoryOptions()
         self._clock = clock
+        # This process's data set: a restart is a new one.
+        self._generation = secrets.token_hex(8)
         self._streams: dict[str, _Stream] = {}
         self._subscribed: set[str] = set()
         self._listener: BrokerListener = NullListener()
         self._tasks = TaskSet()
+
+    @property
+    def stream_count(self) -> int:
+        """Channels whose stream this broker holds (published, not yet forgotten)."""
+        return len(self._streams)
 
     async def start(self, listener: BrokerListener) -> None:
         self._listener = listener
@@ -72,13 +88,14 @@ class MemoryBroker(Broker):
         await self._tasks.cancel_all()
         self._listener = NullListener()
 
-    def _stream(self, channel: str) -> _Stream:
+    def _epoch(self, channel: str) -> str:
+        """The epoch a stream created now would have (and an empty channel reports)."""
+        return empty_epoch(self._generation, channel, self._clock() * 1000, self.options.retention * 1000)
+
+    def _existing(self, channel: str) -> _Stream | None:
         stream = self._streams.get(channel)
-        now = self._clock()
-        if stream is None:
-            stream = _Stream(epoch=secrets.token_hex(4), touched=now)
-            self._streams[channel] = stream
-        else:
+        if stream is not None:
+            now = self._clock()
             stream.touched = now
             self._expire(stream, now)
         return stream
@@ -90,7 +107,10 @@ class MemoryBroker(Broker):
             items.popleft()
 
     async def publish(self, channel: str, data: str, *, event: str | None = None) -> Publication:
-        stream = self._stream(channel)
+        stream = self._existing(channel)
+        if stream is None:
+            stream = self._streams[channel] = _Stream(epoch=self._epoch(channel), touched=self._clock())
+            self.stats.streams_created += 1
         stream.offset += 1
         publication = Publication(
             channel=channel,
@@ -109,7 +129,10 @@ class MemoryBroker(Broker):
         return publication
 
     async def history(self, channel: str, since: int | None, limit: int) -> History:
-        stream = self._stream(channel)
+        stream = self._existing(channel)
+        if stream is None:
+            self.stats.empty_reads += 1
+            return History(top=Position(self._epoch(channel), 0), complete=since is None or since == 0)
         top = Position(stream.epoch, stream.offset)
         if since is None or since >= stream.offset:
             return History(top=top, publications=(), complete=since is None or since == stream.offset)

@@ -137,10 +137,13 @@ class NatsOptions:
 
 
 class NatsBroker(Broker):
+    """One JetStream stream for every channel, fan-out by republish; see the module docstring."""
+
     kind = "nats"
     contiguous_offsets = False
 
     def __init__(self, servers: list[str], options: NatsOptions | None = None) -> None:
+        super().__init__()
         self.servers = servers
         self.options = options or NatsOptions()
         self._stream = self.options.stream_settings
@@ -379,6 +382,10 @@ class NatsBroker(Broker):
             if ack.seq <= floor:
                 # Acked below a sequence seen before we sent it.
                 await self._ensure_stream()
+            if verified and prev == 0:
+                # The server checked that the subject had no message: this
+                # publication started the channel's stream.
+                self.stats.streams_created += 1
             return ack
 
     async def _lost_race(
@@ -417,7 +424,11 @@ class NatsBroker(Broker):
     async def _history(self, channel: str, since: int | None, limit: int) -> History:
         reader = self._reader()
         size, ttl = self.options.history_size, self.options.history_ttl
-        return await reader.history(channel, self._subject(channel), self._epoch(channel), since, limit, size=size, ttl=ttl)
+        subject, epoch = self._subject(channel), self._epoch(channel)
+        history = await reader.history(channel, subject, epoch, since, limit, size=size, ttl=ttl)
+        if history.top.offset == 0:
+            self.stats.empty_reads += 1
+        return history
 
     # -- live --------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ for the keys and scripts).  Publishing is one Lua script, so appending to the
 history and broadcasting are one atomic step per channel, and offsets are
 consecutive: a live publication whose offset is not last + 1 proves a gap.
 Live delivery is one pub/sub connection per node whose every reconnect is
-followed by a resync (broker_adapters/redis_live.py).
+followed by a resync (broker_adapters/redis_live.py).  Only a publication
+creates a channel's keys: a read or a subscribe of a channel that was never
+published stores nothing (broker_adapters/empty.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .base import Broker, BrokerListener, BrokerUnavailable
 from .foreign import stored_publication
 from .options import parse_options
 from .redis_live import REDIS, LiveConnection
-from .redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, ChannelKeys, new_epoch, unpack_entries
+from .redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, ChannelKeys, new_generation, unpack_entries
 from .types import History, Position, Publication
 
 
@@ -51,13 +53,26 @@ class RedisOptions:
         if min(self.command_timeout, self.connect_timeout, self.live_ping_interval, self.reconnect_max_delay) <= 0:
             raise ValueError("timeouts and intervals must be positive")
 
+    @property
+    def retention(self) -> float:
+        """How long a channel's epoch and offset outlive its last publish or read.
+
+        At least the history's age, or a returning client would see a new
+        epoch where "history trimmed" is the truth.  Also the period of the
+        epochs of channels without a stream (broker_adapters/empty.py).
+        """
+        return max(self.meta_ttl, self.history_ttl)
+
 
 class RedisBroker(Broker):
+    """History in a capped stream per channel, fan-out over pub/sub; see the module docstring."""
+
     kind = "redis"
     contiguous_offsets = True
 
     def __init__(self, url: str, options: RedisOptions | None = None) -> None:
         self.options = options or RedisOptions()
+        super().__init__()
         # Our options live in the query string; redis-py must not see them.
         parts = urlsplit(url)
         self._redis_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
@@ -81,9 +96,7 @@ class RedisBroker(Broker):
         self._publish_script = self._client.register_script(PUBLISH_SCRIPT)
         self._history_script = self._client.register_script(HISTORY_SCRIPT)
         self._history_ms = int(self.options.history_ttl * 1000)
-        # The epoch must outlive the history, or a returning client would see
-        # a new epoch where "history trimmed" is the truth.
-        self._meta_ms = int(max(self.options.meta_ttl, self.options.history_ttl) * 1000)
+        self._meta_ms = int(self.options.retention * 1000)
         self._live: LiveConnection | None = None
 
     def live_channel(self, channel: str) -> str:
@@ -117,17 +130,18 @@ class RedisBroker(Broker):
             self.options.history_size,
             self._history_ms,
             self._meta_ms,
-            new_epoch(),
+            new_generation(),
         ]
         with REDIS.unavailable("publish"):
-            epoch, offset, time_ms = await self._publish_script(keys=keys.script_keys, args=args)
+            epoch, offset, time_ms, created = await self._publish_script(keys=keys.script_keys, args=args)
+        self.stats.streams_created += int(created)
         return Publication(
             channel=channel, epoch=_text(epoch), offset=int(offset), data=data, event=event, time_ms=int(time_ms)
         )
 
     async def history(self, channel: str, since: int | None, limit: int) -> History:
         args: list[str | int] = [
-            new_epoch(),
+            new_generation(),
             -1 if since is None else since,
             max(limit, 0),
             self.options.history_size,
@@ -138,6 +152,8 @@ class RedisBroker(Broker):
         with REDIS.unavailable("history read"):
             epoch, top, complete, entries = await self._history_script(keys=keys, args=args)
         epoch_text = _text(epoch)
+        if int(top) == 0:
+            self.stats.empty_reads += 1
         publications = [
             stored_publication(channel, epoch_text, offset, data, event, time_ms)
             for offset, time_ms, event, data in unpack_entries(entries, max(limit, 0))
