@@ -19,7 +19,7 @@ def test_no_event_type(raw: str | bytes | None) -> None:
     assert foreign_event_type(raw) is None
 
 
-@pytest.mark.parametrize("raw", ["fanline.reset", "1st", "a" * 65, b"\xff\xfe", "with space"])
+@pytest.mark.parametrize("raw", ["headline\n", "fanline.reset", "1st", "a" * 65, b"\xff\xfe", "with space"])
 def test_an_invalid_event_type_is_dropped_with_a_warning(raw: str | bytes, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="fanline.broker"):
         assert foreign_event_type(raw) is None
