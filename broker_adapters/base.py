@@ -15,12 +15,20 @@ The contract is deliberately small:
   live subscription per channel;
 - live publications and "you may have missed something" signals go to the
   :class:`BrokerListener` given to :meth:`Broker.start`.
+
+Reading or subscribing to a channel that was never published creates nothing
+on the broker: a channel's stream (its epoch and history) comes into being
+with its first publication, so clients cannot grow the broker's state by
+naming channels.  The position of a channel without a stream is derived, the
+same on every node, and its first publication continues it (docs/brokers.md
+says how each broker does it).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import BrokerError as BrokerError
@@ -49,6 +57,17 @@ class BrokerListener(Protocol):
         """The connection to the broker was lost or restored."""
 
 
+@dataclass(slots=True)
+class BrokerStats:
+    """Counters an adapter keeps as it goes, for the node's metrics.  Monotonic."""
+
+    #: Channel streams this adapter created on the broker: first publications
+    #: (0 on Kafka, which keeps no per-channel state).
+    streams_created: int = 0
+    #: History reads of channels that have no stream; they created nothing.
+    empty_reads: int = 0
+
+
 class Broker(abc.ABC):
     """Base class of every adapter.  See the module docstring."""
 
@@ -61,6 +80,9 @@ class Broker(abc.ABC):
 
     #: A short name for logs and metrics.
     kind: str = "broker"
+
+    def __init__(self) -> None:
+        self.stats = BrokerStats()
 
     @abc.abstractmethod
     async def start(self, listener: BrokerListener) -> None:
@@ -84,9 +106,10 @@ class Broker(abc.ABC):
     async def history(self, channel: str, since: int | None, limit: int) -> History:
         """Read ``channel`` after offset ``since``, oldest first, at most ``limit``.
 
-        ``since=None`` asks only for the current top.  The top's epoch exists
-        even for a channel that never had a publication, so a reader that
-        subscribes to an empty channel still gets a position to resume from.
+        ``since=None`` asks only for the current top.  A channel that never
+        had a publication has a top too, in the epoch its first publication
+        will get, so a reader that subscribes to an empty channel gets a
+        position to resume from; reading it stores nothing on the broker.
         """
 
     @abc.abstractmethod

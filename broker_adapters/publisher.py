@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from types import TracebackType
 
-from . import open_broker
 from .base import Broker, NullListener
+from .registry import open_broker
 from .types import Position, encode_data, validate_channel, validate_event_type
 
 

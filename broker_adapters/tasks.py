@@ -3,7 +3,8 @@
 Every long-lived object that starts tasks (the hub, the node, an adapter)
 keeps them in a :class:`TaskSet`: spawned there, forgotten when they finish,
 and all cancelled and awaited by :meth:`TaskSet.cancel_all` when the owner
-closes.  No task outlives its owner.
+closes (or one of them by :meth:`TaskSet.cancel`, when it belongs to
+something shorter-lived than the owner).  No task outlives its owner.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class TaskSet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    async def cancel(self, task: asyncio.Task[Any]) -> None:
+        """Cancel one task and wait until it has ended, whatever it raised."""
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
     async def cancel_all(self) -> None:
         """Cancel every task still running and wait until all have ended."""

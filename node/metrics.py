@@ -12,6 +12,8 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
+from broker_adapters.base import BrokerStats
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -83,10 +85,14 @@ class Metric:
 
 
 class Counter(Metric):
-    def __init__(self, name: str, help: str, labels: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, name: str, help: str, labels: tuple[str, ...] = (), read: Callable[[], float] | None = None
+    ) -> None:
         super().__init__(name, help, "counter", labels)
         if not labels:
             self._child(())
+        # A value kept elsewhere (an adapter's stats), read when rendered.
+        self._read = read
 
     def labels(self, *values: str) -> _Value:
         child = self._child(values)
@@ -96,25 +102,24 @@ class Counter(Metric):
     def inc(self, amount: float = 1.0) -> None:
         self.labels().inc(amount)
 
+    def render(self) -> Iterator[str]:
+        if self._read is not None:
+            self.labels().set(self._read())
+        yield from super().render()
+
 
 class Gauge(Counter):
     def __init__(
         self, name: str, help: str, labels: tuple[str, ...] = (), read: Callable[[], float] | None = None
     ) -> None:
-        super().__init__(name, help, labels)
+        super().__init__(name, help, labels, read)
         self.kind = "gauge"
-        self._read = read
 
     def dec(self, amount: float = 1.0) -> None:
         self.labels().dec(amount)
 
     def set(self, value: float) -> None:
         self.labels().set(value)
-
-    def render(self) -> Iterator[str]:
-        if self._read is not None:
-            self.labels().set(self._read())
-        yield from super().render()
 
 
 class Histogram(Metric):
@@ -162,8 +167,9 @@ COUNT_BUCKETS = (0, 1, 5, 10, 50, 100, 300, 1000)
 class Metrics:
     """Every metric a node exports.  One instance per node."""
 
-    def __init__(self) -> None:
+    def __init__(self, broker: BrokerStats | None = None) -> None:
         p = "fanline_"
+        stats = broker or BrokerStats()
         self.connections = Gauge(p + "connections", "Open client connections.", ("transport",))
         self.connections_total = Counter(
             p + "connections_total", "Client connections accepted.", ("transport",)
@@ -207,6 +213,16 @@ class Metrics:
             p + "broker_publish_seconds", "Time to publish to the broker.", LATENCY_BUCKETS
         )
         self.broker_available = Gauge(p + "broker_available", "1 while the broker is reachable.")
+        self.broker_streams_created = Counter(
+            p + "broker_streams_created_total",
+            "Channel streams this node's publications created on the broker.",
+            read=lambda: stats.streams_created,
+        )
+        self.broker_empty_reads = Counter(
+            p + "broker_empty_reads_total",
+            "History reads of channels that were never published (nothing is stored for them).",
+            read=lambda: stats.empty_reads,
+        )
         self.lag_seconds = Histogram(
             p + "delivery_lag_seconds",
             "Publish time to arrival at this node (clock skew between hosts shows here).",

@@ -43,8 +43,8 @@ class Node:
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.name = settings.node_name
-        self.metrics = Metrics()
         self.broker = broker if broker is not None else open_broker(settings.broker)
+        self.metrics = Metrics(self.broker.stats)
         self.hub = Hub(
             self.broker,
             metrics=self.metrics,

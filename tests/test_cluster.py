@@ -168,3 +168,35 @@ async def test_sse_client_fails_over_to_another_node_without_loss_or_duplicates(
     assert [e["data"] for e in received] == list(range(total))
     assert [e["id"] for e in received] == ids
     await stream.close()
+
+
+async def test_channels_a_client_only_names_store_nothing_and_an_empty_channel_resumes_elsewhere(
+    server: Any, node_a: NodeProcess, survivor: NodeProcess, channel: str
+) -> None:
+    # Issue 13: a client subscribing to channels nobody publishes must not grow
+    # the broker (live interest, such as NATS subscriptions, comes and goes).
+    def stored() -> set[tuple[Any, ...]]:
+        return {fact for fact in server.state() if fact[0] != "subscriptions"}
+
+    client = await WSClient.connect(node_a.ws_url)
+    start = (await client.subscribe(channel))["id"]  # may create the data set's one generation key
+    await client.close()
+    before = await asyncio.to_thread(stored)
+    for batch in range(4):  # each connection stays within its message burst
+        client = await WSClient.connect(node_a.ws_url)
+        for i in range(25):
+            await client.subscribe(f"{channel}.never{batch}.{i}")
+        await client.close()
+    assert await asyncio.to_thread(stored) - before == set()
+    assert node_a.metrics()["fanline_broker_empty_reads_total"] >= 101
+    # The empty channel's first publications, on another node, continue the position the client holds.
+    created = survivor.metrics()["fanline_broker_streams_created_total"]
+    ids = [await publish(survivor.url, channel, i) for i in range(3)]
+    again = await WSClient.connect(survivor.ws_url)
+    reply = await again.subscribe(channel, since=start)
+    assert reply["recovered"] is True and reply["replayed"] == 3
+    assert [e["id"] for e in await again.events(3)] == ids
+    await again.close()
+    # Kafka keeps no per-channel state: a channel is only a record key.
+    created = survivor.metrics()["fanline_broker_streams_created_total"] - created
+    assert created == (0 if server.kind == "kafka" else 1)

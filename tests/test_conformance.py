@@ -170,3 +170,55 @@ async def test_a_reconnect_storm_of_history_reads_all_succeed(broker: Broker, na
     published = [await broker.publish(name, encode_data(i)) for i in range(3)]
     histories = await asyncio.gather(*(broker.history(name, published[0].offset, 10) for _ in range(300)))
     assert all([p.data for p in h.publications] == ["1", "2"] for h in histories)
+
+
+async def _held(server: Any, broker: Broker) -> set[tuple[Any, ...]]:
+    """What the broker holds: asked of the real server; of the adapter itself for the embedded one."""
+    await broker.ping()  # every earlier command of this adapter has reached the broker
+    if server.kind == "memory":
+        return {("streams", broker.stream_count)}  # type: ignore[attr-defined]
+    facts: set[tuple[Any, ...]] = await asyncio.to_thread(server.state)
+    return facts
+
+
+async def test_never_published_channels_leave_nothing_on_the_broker(server: Any, broker: Broker, name: str) -> None:
+    # Issue 13: clients naming channels must not grow the broker's state.
+    await broker.history(name + ".first", None, 0)  # may create the data set's one generation key
+    before = await _held(server, broker)
+
+    async def touch(channel: str, resume: bool) -> None:
+        await broker.subscribe(channel)
+        assert (await broker.history(channel, None, 0)).top.offset >= 0
+        if resume:
+            assert not (await broker.history(channel, 0, 10)).publications
+        await broker.unsubscribe(channel)
+
+    channels = [f"{name}.never{i}" for i in range(1000)]
+    for start in range(0, len(channels), 100):
+        await asyncio.gather(*(touch(c, i % 10 == 0) for i, c in enumerate(channels[start : start + 100])))
+    assert await _held(server, broker) - before == set()
+    assert broker.stats.streams_created == 0 and broker.stats.empty_reads >= 1100
+
+
+async def test_an_empty_channels_position_is_shared_and_its_first_publications_continue_it(
+    server: Any, broker: Broker, name: str
+) -> None:
+    # Every node reports the same position for a channel without a stream, and
+    # a client that subscribed there and resumes later gets every publication.
+    others = [] if server.kind == "memory" else [await open_started(server.url()) for _ in range(2)]
+    try:
+        nodes = [broker, *others]
+        tops = {(await node.history(name, None, 0)).top for node in nodes}
+        assert len(tops) == 1
+        (start,) = tops
+        published = [await nodes[-1].publish(name, encode_data(i)) for i in range(3)]
+        assert {p.epoch for p in published} == {start.epoch}
+        for node in nodes:
+            resumed = await node.history(name, start.offset, 10)
+            assert resumed.complete and resumed.top == published[-1].position
+            assert [p.position for p in resumed.publications] == [p.position for p in published]
+        # Kafka keeps no per-channel state: a channel is only a record key.
+        assert nodes[-1].stats.streams_created == (0 if server.kind == "kafka" else 1)
+    finally:
+        for other in others:
+            await other.close()

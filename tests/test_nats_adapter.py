@@ -15,11 +15,10 @@ import nats
 import pytest
 
 from broker_adapters import Broker, BrokerUnavailable, open_broker
-from broker_adapters.nats import URL_OPTIONS
 from broker_adapters.types import encode_data
 
 from .listener import Recorder, open_started
-from .processes import ROOT, free_port
+from .processes import free_port
 from .servers import running
 from .servers.nats_server import Server
 
@@ -258,9 +257,3 @@ async def test_killed_server_comes_back_with_history_and_live_delivery(server: S
         assert received[-1].position == after.position
     finally:
         await broker.close()
-
-
-@pytest.mark.parametrize("option", sorted(URL_OPTIONS))
-def test_every_url_option_is_documented(option: str) -> None:
-    text = (ROOT / "docs" / "brokers" / "nats.md").read_text(encoding="utf-8")
-    assert f"| `{option}` |" in text, f"URL option {option!r} has no row in docs/brokers/nats.md"

@@ -8,7 +8,6 @@ what was delivered and repairs the gap from history.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,17 +27,12 @@ def redis_server() -> Iterator[Any]:
 async def test_a_publication_whose_broadcast_was_lost_is_delivered_by_the_stream_check(
     redis_server: Any, channel: str
 ) -> None:
-    from .servers.redis_server import documented_publish_script
-
     with NodeProcess(redis_server.url(), "--stream-check-interval", "1") as node:
         client = await WSClient.connect(node.ws_url)
         await client.subscribe(channel)
         await publish(node.url, channel, "first")
         assert (await client.events(1))[0]["data"] == "first"
-        keys = [f"fanline:{{{channel}}}:meta", f"fanline:{{{channel}}}:stream"]
-        args = ["nobody-listens-here", b'"lost in transit"', "", 1000, 600_000, 86_400_000, secrets.token_hex(4)]
-        with redis_server._client() as raw:
-            raw.eval(documented_publish_script(), 2, *keys, *args)
+        redis_server.raw_publish(channel, b'"lost in transit"', live="nobody-listens-here")
         (event,) = await client.events(1, timeout=10)
         assert event["data"] == "lost in transit"
         assert node.metrics()['fanline_resyncs_total{outcome="stream_check"}'] >= 1

@@ -15,7 +15,11 @@ Optional hooks, used where present:
 - ``raw_publish(channel, data)``: publish with the broker's own client,
   exactly as docs/brokers/<kind>.md tells a Go, Node or Java application to;
 - ``restart_keeps_data``: whether ``kill()`` then ``restart()`` keeps the
-  streams (tests/test_broker_faults.py has a default per kind).
+  streams (tests/test_broker_faults.py has a default per kind);
+- ``state()``: what the broker holds, as seen by its own client, as a set of
+  facts (a key; a stream with its message count; a topic with its end
+  offsets; the number of subscriptions), so that a test can see what a step
+  added: ``after - before``.  Keys that expire meanwhile only disappear.
 
 :func:`available_kinds` lists the kinds whose server module imports, so an
 adapter's tests join the shared suites by adding their module alone.

@@ -7,6 +7,7 @@ new topic ids (new Fanline epochs).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -127,6 +128,14 @@ class Server(ChildProcess):
         if done.returncode != 0:
             raise RuntimeError(f"raw publish failed: {done.stderr.decode(errors='replace')[-2000:]}")
 
+    def state(self) -> set[tuple[Any, ...]]:
+        """Every topic with the end offset of each partition, read by a plain client in a child process."""
+        cmd = [sys.executable, "-c", _STATE, self.address]
+        done = subprocess.run(cmd, capture_output=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"reading the broker's state failed: {done.stderr.decode(errors='replace')[-2000:]}")
+        return {("topic", topic, tuple(ends)) for topic, ends in json.loads(done.stdout).items()}
+
     def _create_topic(self, topic: str, partitions: int) -> None:
         cmd = [tansu_binary(), "topic", "create", "--broker", f"tcp://{self.address}", "--partitions", str(partitions), topic]
         done = subprocess.run(cmd, capture_output=True, timeout=30)
@@ -150,4 +159,26 @@ async def main(address, topic, channel, event, data):
         await producer.stop()
 
 asyncio.run(main(*sys.argv[1:5], sys.stdin.buffer.read()))
+"""
+
+# Topics and their end offsets, without creating anything: a consumer's
+# metadata request for all topics does not auto-create one.
+_STATE = """
+import asyncio, json, sys
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+async def main(address):
+    consumer = AIOKafkaConsumer(bootstrap_servers=address, request_timeout_ms=5000, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        state = {}
+        for topic in sorted(await consumer.topics()):
+            partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            state[topic] = [ends[tp] for tp in partitions]
+        print(json.dumps(state))
+    finally:
+        await consumer.stop()
+
+asyncio.run(main(sys.argv[1]))
 """

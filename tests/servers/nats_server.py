@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -147,6 +149,24 @@ class Server(ChildProcess):
                 await nc.close()
 
         run_async(delete)
+
+    def state(self) -> set[tuple[Any, ...]]:
+        """Each stream with its messages and consumers, and the server's subscription count."""
+
+        async def streams() -> set[tuple[Any, ...]]:
+            nc = await nats.connect(self.address, allow_reconnect=False, connect_timeout=2)
+            try:
+                infos = await nc.jetstream(timeout=5).streams_info()
+                return {
+                    ("stream", i.config.name, i.state.messages, i.state.last_seq, i.state.consumer_count) for i in infos
+                }
+            finally:
+                await nc.close()
+
+        facts = run_async(streams)
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_port}/subsz", timeout=5) as response:
+            facts.add(("subscriptions", json.load(response)["num_subscriptions"]))
+        return facts
 
     def raw_publish(self, channel: str, data: bytes, event: str | None = None) -> int:
         """Publish as a non-Python application would: plain client, documented headers."""

@@ -96,14 +96,23 @@ class Server(ChildProcess):
         query = "&".join(f"{k}={v}" for k, v in options.items())
         return f"redis://127.0.0.1:{self.port}/0" + (f"?{query}" if query else "")
 
-    def raw_publish(self, channel: str, data: bytes) -> None:
-        """Publish as a non-Python application would: EVAL the documented script."""
+    def raw_publish(self, channel: str, data: bytes, live: str | None = None) -> None:
+        """Publish as a non-Python application would: EVAL the documented script.
+
+        ``live`` replaces the pub/sub channel, to lose the broadcast on purpose.
+        """
         script = documented_publish_script()
         prefix = "fanline"
-        keys = [f"{prefix}:{{{channel}}}:meta", f"{prefix}:{{{channel}}}:stream"]
-        # A fresh random epoch every call, as the docs demand: a fixed one
-        # would be reused after Redis lost its data and splice two streams.
-        epoch = secrets.token_hex(4)
-        args: list[Any] = [f"{prefix}:{{{channel}}}:live", data, "", 1000, 600_000, 86_400_000, epoch]
+        keys = [f"{prefix}:{{{channel}}}:meta", f"{prefix}:{{{channel}}}:stream", f"{prefix}:generation"]
+        # A fresh random generation every call, as the docs demand: a fixed
+        # one would be reused after Redis lost its data and splice two streams.
+        generation = secrets.token_hex(4)
+        live = live or f"{prefix}:{{{channel}}}:live"
+        args: list[Any] = [live, data, "", 1000, 600_000, 86_400_000, generation]
         with self._client() as client:
-            client.eval(script, 2, *keys, *args)
+            client.eval(script, 3, *keys, *args)
+
+    def state(self) -> set[tuple[Any, ...]]:
+        """Every key Redis holds (pub/sub channels and subscriptions are not state)."""
+        with self._client() as client:
+            return {("key", key) for key in client.keys("*")}
