@@ -36,6 +36,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from broker_adapters.backoff import Backoff
 from broker_adapters.base import Broker, BrokerError, BrokerUnavailable
 from broker_adapters.tasks import TaskSet
 from broker_adapters.types import History, Position, Publication
@@ -504,15 +505,14 @@ class Hub:
 
     async def _resync(self, state: ChannelState) -> None:
         """Re-read history after a possible live gap, then resume live delivery."""
-        delay = 0.1
+        backoff = Backoff(first=0.1, most=5.0)
         while state.last is not None:
             origin = state.last
             try:
                 history = await self.broker.history(state.name, origin.offset, self.replay_limit + 1)
             except BrokerError as exc:
                 log.warning("resync history read failed", extra={"channel": state.name, "error": str(exc)})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 if state.buffer is not None and len(state.buffer) > self.pending_limit:
                     # Holding more would be unbounded; a reset is explicit.
                     state.buffer = []

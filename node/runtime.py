@@ -19,6 +19,7 @@ from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from broker_adapters import Broker, open_broker
+from broker_adapters.backoff import Backoff
 from broker_adapters.base import BrokerError
 from broker_adapters.tasks import TaskSet
 
@@ -106,16 +107,16 @@ class Node:
 
     async def _connect_broker(self) -> None:
         """Start the broker, retrying with jittered backoff; then watch its health."""
-        delay = 0.2
+        backoff = Backoff(first=0.2, most=10.0)
         while not self._broker_started:
             try:
                 await self.broker.start(self.hub)
                 self._broker_started = True
             except (BrokerError, OSError) as exc:
                 self.hub.on_availability(False)
-                log.warning("broker not reachable, retrying", extra={"error": str(exc), "retry_in": round(delay, 2)})
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 10.0)
+                wait = backoff.next()
+                self.log_throttled(log, "broker not reachable, retrying", error=str(exc), retry_in=round(wait, 2))
+                await asyncio.sleep(wait)
         while True:
             await self.hub.check_broker()
             await asyncio.sleep(1.0)
