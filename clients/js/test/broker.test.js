@@ -1,10 +1,11 @@
 // A broker outage, with a real Redis server: a subscribe refused with
-// broker_unavailable is retried with the same since until it succeeds.
+// broker_unavailable is retried with the same since until it succeeds, by the
+// client and by the minimal client of docs/protocol.md.
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { after, before, test } from "node:test";
 import { Fanline } from "../dist/index.js";
-import { Node, Redis, record, until } from "./helpers.js";
+import { Node, Redis, record, sleep, until } from "./helpers.js";
 
 let redis;
 let node;
@@ -55,4 +56,47 @@ test("a subscribe refused with broker_unavailable is retried with the same since
   assert.equal(log.publications[0].data, "after");
   assert.equal(log.resets.length, 0);
   c.close();
+});
+
+test("the minimal WebSocket client of docs/protocol.md retries a subscribe refused with broker_unavailable", async () => {
+  // The documented code itself, run with a WebSocket and setTimeout the test can stop.
+  const doc = readFileSync(new URL("../../../docs/protocol.md", import.meta.url), "utf8");
+  const section = doc.slice(doc.indexOf("### WebSocket with resume"));
+  const code = section.slice(section.indexOf("```js\n") + 6, section.indexOf("\nconnect("));
+  let stopped = false;
+  const sockets = [];
+  class TrackedWebSocket extends WebSocket {
+    constructor(url) {
+      super(url);
+      sockets.push(this);
+    }
+  }
+  const laterUnlessStopped = (fn, ms) => setTimeout(() => stopped || fn(), ms);
+  const connect = new Function("WebSocket", "setTimeout", "console", code + "\nreturn connect;")(
+    TrackedWebSocket,
+    laterUnlessStopped,
+    { warn() {} },
+  );
+
+  const channel = `test:broker.${process.pid}.minimal`;
+  await node.publish(channel, "before the outage");
+  await redis.kill();
+  const events = [];
+  const resets = [];
+  connect(node.url.replace("http", "ws") + "/ws", [channel], (m) => events.push(m), (m) => resets.push(m));
+  try {
+    await until(() => sockets.length && sockets[0].readyState == WebSocket.OPEN, "connected");
+    await sleep(1000); // its subscribe meets the outage
+    await redis.start();
+    // It subscribed without since (it had no position): publish until an event gets through.
+    await until(async () => {
+      await node.publish(channel, "after the outage").catch(() => null);
+      await sleep(100);
+      return events.some((e) => e.data == "after the outage");
+    }, "an event through the retried subscribe", 30000);
+    assert.equal(resets.length, 0);
+  } finally {
+    stopped = true;
+    for (const socket of sockets) socket.close();
+  }
 });
