@@ -12,7 +12,8 @@ let node;
 
 before(async () => {
   redis = await new Redis().start();
-  node = await new Node(redis.url, "--client-publish").start();
+  // A subscribe waits this long for the broker before the node refuses it with broker_unavailable.
+  node = await new Node(redis.url, "--client-publish", "--subscribe-wait", "0.5").start();
 });
 after(async () => {
   await node?.stop();
@@ -63,12 +64,20 @@ test("the minimal WebSocket client of docs/protocol.md retries a subscribe refus
   const doc = readFileSync(new URL("../../../docs/protocol.md", import.meta.url), "utf8");
   const section = doc.slice(doc.indexOf("### WebSocket with resume"));
   const code = section.slice(section.indexOf("```js\n") + 6, section.indexOf("\nconnect("));
+  // A node takes no new connection while its broker is down, so the outage must
+  // meet a subscribe on an open connection: the test holds the client's sends
+  // until the broker is gone.
   let stopped = false;
+  let held = [];
   const sockets = [];
   class TrackedWebSocket extends WebSocket {
     constructor(url) {
       super(url);
       sockets.push(this);
+    }
+    send(data) {
+      if (held) held.push(() => super.send(data));
+      else super.send(data);
     }
   }
   const laterUnlessStopped = (fn, ms) => setTimeout(() => stopped || fn(), ms);
@@ -80,13 +89,16 @@ test("the minimal WebSocket client of docs/protocol.md retries a subscribe refus
 
   const channel = `test:broker.${process.pid}.minimal`;
   await node.publish(channel, "before the outage");
-  await redis.kill();
   const events = [];
   const resets = [];
   connect(node.url.replace("http", "ws") + "/ws", [channel], (m) => events.push(m), (m) => resets.push(m));
   try {
-    await until(() => sockets.length && sockets[0].readyState == WebSocket.OPEN, "connected");
-    await sleep(1000); // its subscribe meets the outage
+    await until(() => held.length, "the client's subscribe");
+    await redis.kill();
+    const release = held;
+    held = null;
+    for (const send of release) send();
+    await sleep(1500); // its subscribe, and a retry or two, meet the outage
     await redis.start();
     // It subscribed without since (it had no position): publish until an event gets through.
     await until(async () => {
