@@ -40,7 +40,7 @@ MAX_BATCH = 1000
 BATCH_BODY_FACTOR = 16
 DEMO_PAGE = Path(__file__).with_name("demo.html")
 # The JavaScript client (clients/js), built and copied here by `npm run build`; the demo page imports it.
-CLIENT_DIR = Path(__file__).with_name("static") / "fanline"
+CLIENT_DIR = Path(__file__).with_name("js-client")
 
 
 #: Operator endpoints, served on the client port too when there is no internal port.

@@ -25,7 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 INSTALL = "apt-get install -y chromium chromium-driver  (or `make test`, which installs them)"
 # The built client, as the node serves it at /fanline/ (npm run build in clients/js puts it there).
-CLIENT_DIR = ROOT / "node" / "static" / "fanline"
+CLIENT_DIR = ROOT / "node" / "js-client"
 PAGES = ROOT / "tests" / "browser"
 FLAGS = [
     "--headless",

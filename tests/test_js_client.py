@@ -1,6 +1,6 @@
 """The JavaScript client's package and the copy of it the node serves.
 
-The node serves node/static/fanline/ (the demo page imports /fanline/index.js).
+The node serves node/js-client/ (the demo page imports /fanline/index.js).
 That copy is committed, so that a node installs without Node.js; these tests
 fail when it differs from a fresh build of clients/js, or when the npm package
 would be incomplete.  The client's own tests are clients/js/test/ (`npm test`,
@@ -20,7 +20,7 @@ import pytest
 from .processes import ROOT, NodeProcess
 
 PACKAGE = ROOT / "clients" / "js"
-SERVED = ROOT / "node" / "static" / "fanline"
+SERVED = ROOT / "node" / "js-client"
 
 
 def test_the_node_serves_the_current_build_of_the_client() -> None:
@@ -28,7 +28,7 @@ def test_the_node_serves_the_current_build_of_the_client() -> None:
     if not built:
         pytest.fail("clients/js is not built: `cd clients/js && npm ci && npm run build` (make test does)", pytrace=False)
     served = {path.name: path.read_bytes() for path in SERVED.glob("*.js")}
-    assert served == built, "node/static/fanline/ is stale: run `npm run build:node` in clients/js and commit it"
+    assert served == built, "node/js-client/ is stale: run `npm run build:node` in clients/js and commit it"
 
 
 def test_the_npm_package_holds_the_modules_and_their_types() -> None:
