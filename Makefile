@@ -35,7 +35,7 @@ js: $(JS)/node_modules/.package-lock.json
 # Headless Chromium for tests/test_browser_client.py: Debian's packages, nothing downloaded at run time.
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 ## run: start a node on the embedded broker at http://127.0.0.1:8000 with the demo page
 run: $(RUNTIME_STAMP)

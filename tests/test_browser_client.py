@@ -274,30 +274,30 @@ def _chaos(origin: str, driver: Any, redis: Any, nodes: list[NodeProcess]) -> No
     checker_tab, demo_tab = driver.window_handles
 
     with Publisher([a, b], [*CHANNELS, DEMO_CHANNEL]) as publisher:
-        time.sleep(1.5)
+        time.sleep(1)
         a.kill()  # a crash
         a.restart()
-        time.sleep(1.5)
+        time.sleep(1)
         urllib.request.urlopen(urllib.request.Request(b.internal_url + "/drain", method="POST"), timeout=5)
         wait_for(lambda: _connections(b) == 0, timeout=10, what="node B drained")
         b.stop()
         b.restart()
-        time.sleep(1.5)
+        time.sleep(1)
         redis.kill()  # a broker outage under live connections
-        time.sleep(2)
+        time.sleep(1.5)
         redis.restart()
-        time.sleep(2)
+        time.sleep(1.5)
         # The start-up window: both nodes restart while the broker is down, so
         # every client reconnects to a node that has no broker connection yet.
         redis.kill()
         for node in (a, b):
             node.kill()
             node.start(wait_ready=False)
-        time.sleep(1.5)
+        time.sleep(1)
         redis.restart()
         for node in (a, b):
             wait_for(lambda node=node: http_status(node.url + "/readyz") == 200, timeout=30, what="nodes ready")
-        time.sleep(2)
+        time.sleep(1.5)
     assert publisher.thread.is_alive() is False
 
     # Wait until every page has every acknowledged publication (or a reset there).
