@@ -39,7 +39,7 @@ MAX_BATCH = 1000
 # A batch body may hold this many maximum-size publications' worth of bytes.
 BATCH_BODY_FACTOR = 16
 DEMO_PAGE = Path(__file__).with_name("demo.html")
-# The JavaScript client (clients/js), built and copied here by `npm run build`; the demo page imports it.
+# The JavaScript client (clients/js), built and copied here by `npm run build:node`; the demo page imports it.
 CLIENT_DIR = Path(__file__).with_name("js-client")
 
 
