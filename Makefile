@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: run test lint typecheck bench loadtest clean
+.PHONY: run test lint typecheck bench loadtest clean js browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,31 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev,loadtest]'
 	touch $(STAMP) $(RUNTIME_STAMP)
 
+# The JavaScript client (clients/js): its dev tools from the lock file, then the build.
+JS := clients/js
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(JS)/node_modules/.package-lock.json: $(JS)/package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs Node.js 20+ and npm (apt-get install nodejs npm)"; exit 1; }
+	cd $(JS) && npm ci --no-audit --no-fund
+
+js: $(JS)/node_modules/.package-lock.json
+	cd $(JS) && npm run build
+
+# Headless Chromium for tests/test_browser_client.py: Debian's packages, nothing downloaded at run time.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 ## run: start a node on the embedded broker at http://127.0.0.1:8000 with the demo page
 run: $(RUNTIME_STAMP)
 	$(BIN)/fanline node --broker memory:// --port 8000 --client-publish --drain-window 2
 
-## test: lint, type-check and run the whole suite (starts the brokers it needs)
-test: $(STAMP)
+## test: lint, type-check and run the whole suite (starts the brokers it needs; installs Chromium and the JS tools)
+test: $(STAMP) js browser
 	$(BIN)/ruff check node broker_adapters tests loadtest
 	$(BIN)/mypy
+	cd $(JS) && FANLINE_PYTHON=$(abspath $(BIN)/python) npm test
 	$(BIN)/pytest -q
 
 ## bench: measure fan-out, latency and memory; writes loadtest/results/
@@ -46,4 +63,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(JS)/node_modules $(JS)/dist build/browser-failures

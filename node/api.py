@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from broker_adapters.base import BrokerError
 from broker_adapters.types import (
@@ -40,6 +41,8 @@ BATCH_PASS = 32
 # A batch body may hold this many maximum-size publications' worth of bytes.
 BATCH_BODY_FACTOR = 16
 DEMO_PAGE = Path(__file__).with_name("demo.html")
+# The JavaScript client (clients/js), built and copied here by `npm run build:node`; the demo page imports it.
+CLIENT_DIR = Path(__file__).with_name("js-client")
 
 
 #: Operator endpoints, served on the client port too when there is no internal port.
@@ -182,8 +185,8 @@ async def demo(request: Request) -> Response:
     return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))
 
 
-def client_routes(node: Node) -> list[Route]:
-    routes = [
+def client_routes(node: Node) -> list[BaseRoute]:
+    routes: list[BaseRoute] = [
         Route("/api/publish", _guarded(publish), methods=["POST"]),
         Route("/api/publish/batch", _guarded(publish_batch), methods=["POST"]),
         Route("/api/tickets", _guarded(issue_ticket, check_api=False), methods=["POST"]),
@@ -191,7 +194,7 @@ def client_routes(node: Node) -> list[Route]:
         Route("/readyz", readyz),
     ]
     if node.settings.demo:
-        routes.append(Route("/", demo))
+        routes += [Route("/", demo), Mount("/fanline", StaticFiles(directory=CLIENT_DIR))]
     return routes
 
 

@@ -1,0 +1,1 @@
+export { Fanline, FanlineError, Subscription } from "./client.js";
