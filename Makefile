@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: run test lint typecheck bench loadtest clean js browser
+.PHONY: run test unit lint typecheck bench loadtest clean js browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ test: $(STAMP) js browser
 	$(BIN)/mypy
 	cd $(JS) && FANLINE_PYTHON=$(abspath $(BIN)/python) npm test
 	$(BIN)/pytest -q
+
+## unit: the fast in-process tests only (pure modules, the hub on the embedded broker): seconds
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 ## bench: measure fan-out, latency and memory; writes loadtest/results/
 bench: $(STAMP)

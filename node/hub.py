@@ -32,7 +32,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,7 +62,17 @@ class Delivery:
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
-        self.memo: dict[str, Any] | None = None
+        self.memo: dict[str, bytes] | None = None
+
+    def encoded(self, form: str, build: Callable[[Delivery], bytes]) -> bytes:
+        """The delivery in wire format ``form``, built by ``build`` the first time it is asked for."""
+        memo = self.memo
+        if memo is None:
+            memo = self.memo = {}
+        value = memo.get(form)
+        if value is None:
+            value = memo[form] = build(self)
+        return value
 
 
 class Subscriber(Protocol):

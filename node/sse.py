@@ -36,24 +36,22 @@ if TYPE_CHECKING:
 log = logging.getLogger("fanline.sse")
 
 
+def _event_body(delivery: Delivery) -> bytes:
+    return sse_events.event_body(delivery.publication)
+
+
+def _event_block(delivery: Delivery) -> bytes:
+    return sse_events.with_id(delivery.publication.position.event_id.encode(), event_body(delivery))
+
+
+def event_body(delivery: Delivery) -> bytes:
+    """The event without its ``id:`` line, built once per node."""
+    return delivery.encoded("sse_body", _event_body)
+
+
 def event_block(delivery: Delivery) -> bytes:
     """The event for a one-channel stream, ``id:`` included, built once per node."""
-    memo = delivery.memo
-    if memo is None:
-        memo = delivery.memo = {}
-    block: bytes | None = memo.get("sse")
-    if block is None:
-        block = memo["sse"] = sse_events.with_id(
-            delivery.publication.position.event_id.encode(), _body(delivery, memo)
-        )
-    return block
-
-
-def _body(delivery: Delivery, memo: dict[str, Any]) -> bytes:
-    body: bytes | None = memo.get("sse_body")
-    if body is None:
-        body = memo["sse_body"] = sse_events.event_body(delivery.publication)
-    return body
+    return delivery.encoded("sse", _event_block)
 
 
 def parse_request(node: Node, request: Request) -> tuple[list[str], list[Position] | None]:
@@ -187,10 +185,7 @@ class SSEConnection(Connection):
             subscription = self.subscriptions.get(item.publication.channel) if self.subscriptions else None
             if subscription is not None:
                 self.tokens[subscription.index] = item.publication.position.event_id
-            memo = item.memo
-            if memo is None:
-                memo = item.memo = {}
-            return sse_events.with_id(sse_events.composite_id(self.tokens), _body(item, memo))
+            return sse_events.with_id(sse_events.composite_id(self.tokens), event_body(item))
         if isinstance(item, ResetItem):
             self.tokens[item.subscription.index] = item.position.event_id
             return sse_events.reset(

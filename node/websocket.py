@@ -61,26 +61,22 @@ class RawFrame(bytes):
 PING = RawFrame(PING_FRAME)
 
 
+def _event_json(delivery: Delivery) -> bytes:
+    return protocol.event_frame(delivery.publication).encode()
+
+
+def _event_frame(delivery: Delivery) -> bytes:
+    return text_frame(event_json(delivery))
+
+
 def event_json(delivery: Delivery) -> bytes:
     """The event message of a delivery as JSON bytes, built once per node."""
-    memo = delivery.memo
-    if memo is None:
-        memo = delivery.memo = {}
-    text: bytes | None = memo.get("json")
-    if text is None:
-        text = memo["json"] = protocol.event_frame(delivery.publication).encode()
-    return text
+    return delivery.encoded("json", _event_json)
 
 
 def event_frame(delivery: Delivery) -> bytes:
     """The event as a whole text frame, built once per node."""
-    memo = delivery.memo
-    wire: bytes | None = memo.get("ws") if memo is not None else None
-    if wire is None:
-        wire = text_frame(event_json(delivery))
-        assert delivery.memo is not None
-        delivery.memo["ws"] = wire
-    return wire
+    return delivery.encoded("ws", _event_frame)
 
 
 def encode_items(items: list[Item]) -> bytes:

@@ -122,6 +122,31 @@ def requirements(values: Mapping[str, Any]) -> list[Requirement]:
     return needs
 
 
+# Checks of a collection that must exist and hold the requirement's detail:
+# what to say when it is absent, when it lacks the detail, and when all is well.
+_COLLECTIONS = {
+    Check.SECRET_KEY: (
+        "Secret {name} not found ({why})",
+        "Secret {name} has no key {detail} ({why})",
+        "Secret {name} has {detail}",
+    ),
+    Check.CUSTOM_METRIC: (
+        "custom.metrics.k8s.io is not served: {why}",
+        "custom.metrics.k8s.io does not serve {detail}: {why}",
+        "custom.metrics.k8s.io serves {detail}",
+    ),
+}
+
+
+def _holds(r: Requirement, observed: Any, *, absent: str, lacking: str, present: str) -> Result:
+    """A collection that must exist and contain ``r.detail``."""
+    if observed is None:
+        return Result(r, False, absent)
+    if r.detail not in observed:
+        return Result(r, False, lacking)
+    return Result(r, True, present)
+
+
 def judge(requirement: Requirement, observed: Any) -> Result:
     """Whether what the cluster has (``observed``, None when absent) meets ``requirement``.
 
@@ -129,12 +154,9 @@ def judge(requirement: Requirement, observed: Any) -> Result:
     resource names custom.metrics.k8s.io serves; the IngressClass's controller.
     """
     r = requirement
-    if r.check is Check.SECRET_KEY:
-        if observed is None:
-            return Result(r, False, f"Secret {r.name} not found ({r.why})")
-        if r.detail not in observed:
-            return Result(r, False, f"Secret {r.name} has no key {r.detail} ({r.why})")
-        return Result(r, True, f"Secret {r.name} has {r.detail}")
+    if r.check in _COLLECTIONS:
+        absent, lacking, present = (m.format(name=r.name, detail=r.detail, why=r.why) for m in _COLLECTIONS[r.check])
+        return _holds(r, observed, absent=absent, lacking=lacking, present=present)
     if r.check is Check.CRD:
         if observed is None:
             return Result(r, False, f"CRD {r.name} is not installed ({r.why})")
@@ -142,12 +164,6 @@ def judge(requirement: Requirement, observed: Any) -> Result:
             channel = observed.get(GATEWAY_CHANNEL_ANNOTATION, "unknown")
             return Result(r, False, f"CRD {r.name} is from the {channel} channel ({r.why})")
         return Result(r, True, f"CRD {r.name} is installed")
-    if r.check is Check.CUSTOM_METRIC:
-        if observed is None:
-            return Result(r, False, f"custom.metrics.k8s.io is not served: {r.why}")
-        if r.detail not in observed:
-            return Result(r, False, f"custom.metrics.k8s.io does not serve {r.detail}: {r.why}")
-        return Result(r, True, f"custom.metrics.k8s.io serves {r.detail}")
     if observed is None:
         return Result(r, False, f"IngressClass {r.name} not found")
     if not r.detail:
