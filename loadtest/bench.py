@@ -51,7 +51,10 @@ CHANNEL = "bench"
 TARGETS = {
     "fanout_1000": 90_000.0,  # deliveries/s at N=1000, WS and SSE
     "fanout_5000": 75_000.0,  # deliveries/s at N=5000, WS and SSE
-    "rss_per_conn_kib": 12.0,  # KiB per idle connection
+    "rss_per_conn_kib": 8.0,  # KiB per idle connection (issue 11; Node ws: 7.2)
+    "connect_ms": 0.25,  # node CPU per connect + subscribe (issue 11)
+    "rss_50k_mib": 600.0,  # 50,000 idle WebSocket connections on one node (issue 11)
+    "storm_seconds": 10.0,  # a dead node's clients resumed on the survivors (issue 11)
     "p99_ms": 15.0,  # at 20k deliveries/s
     "adapter_ratio": 0.90,  # of the memory broker's fan-out
 }
@@ -243,16 +246,23 @@ async def latency(
     return figures
 
 
-async def idle_memory(node: LocalNode, kind: str, subscribers: int) -> tuple[dict[str, Any], Totals, list[Any]]:
-    """RSS growth per idle, subscribed connection; returns the connections for reuse."""
+async def idle_memory(
+    node: LocalNode, kind: str, subscribers: int, concurrency: int = 100
+) -> tuple[dict[str, Any], Totals, list[Any]]:
+    """Connect and subscribe ``subscribers`` clients (time, node CPU), then RSS growth per idle connection.
+
+    Returns the connections for reuse.  The connect figures are what a
+    reconnect wave costs the node: a handshake and a subscribe each.
+    """
     totals = Totals()
-    # Warm the node's code paths (imports, first channel) before the baseline.
-    warm = await open_clients(kind, "127.0.0.1", node.port, 10, ["warm-up"], totals)
+    # Warm the node's code paths (imports, the channel) before the baseline.
+    warm = await open_clients(kind, "127.0.0.1", node.port, 10, [CHANNEL], totals)
     await asyncio.sleep(1.0)
     before = node.rss_kib()
-    started = time.perf_counter()
-    clients = await open_clients(kind, "127.0.0.1", node.port, subscribers, [CHANNEL], totals)
-    connect_seconds = time.perf_counter() - started
+    meter = Meter(node)
+    meter.start()
+    clients = await open_clients(kind, "127.0.0.1", node.port, subscribers, [CHANNEL], totals, concurrency=concurrency)
+    connect = meter.stop()
     await asyncio.sleep(2.0)
     after = node.rss_kib()
     return (
@@ -261,7 +271,10 @@ async def idle_memory(node: LocalNode, kind: str, subscribers: int) -> tuple[dic
             "rss_before_kib": before,
             "rss_after_kib": after,
             "kib_per_connection": (after - before) / subscribers,
-            "connect_seconds": connect_seconds,
+            "connect_seconds": connect["seconds"],
+            "connect_node_ms_per_client": 1000 * connect["node_cpu_seconds"] / subscribers,
+            "connect_node_cpu_pct": connect["node_cpu_pct"],
+            "connect_client_cpu_pct": connect["client_cpu_pct"],
         },
         totals,
         warm + clients,
@@ -285,7 +298,7 @@ def node_flags(subscribers: int, write_batch: int = 64) -> list[str]:
     ]
 
 
-PHASES = ("memory", "fanout", "single", "latency", "batch1")
+PHASES = ("memory", "fanout", "single", "latency", "batch1", "many", "storm")
 
 
 async def run_transport(kind: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -335,6 +348,63 @@ async def run_transport(kind: str, args: argparse.Namespace, results: dict[str, 
             results[f"{kind}_fanout_{small}_batch1"] = result
             log_fanout(f"{kind} fan-out N={small} --write-batch 1", result)
             close_all(clients)
+
+
+async def run_many(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """As many idle WebSocket connections as this machine's descriptor limit allows, on one node."""
+    soft = raise_open_files(1 << 20)
+    count = min(args.many, soft - 500)
+    with LocalNode("memory://", node_flags(count), cpu=NODE_CPU) as node:
+        memory, _, clients = await idle_memory(node, "ws", count, concurrency=200)
+        rss_mib = memory["rss_after_kib"] / 1024
+        per = memory["kib_per_connection"]
+        memory.update(
+            descriptor_limit=soft,
+            rss_mib=rss_mib,
+            rss_50k_mib=(memory["rss_before_kib"] + 50_000 * per) / 1024,
+        )
+        results["ws_many"] = memory
+        log(
+            f"{count} idle ws connections: RSS {rss_mib:.0f} MiB ({per:.2f} KiB each);"
+            f" 50,000 would be {memory['rss_50k_mib']:.0f} MiB"
+        )
+        close_all(clients)
+
+
+async def run_storm(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -> None:
+    """The reconnect storm of loadtest/storm.py on a real Redis."""
+    sys.path.insert(0, str(ROOT))
+    from tests.servers import server_class
+
+    from .storm import run as storm
+
+    server_cls = server_class("redis")
+    if server_cls is None:
+        notes.append("storm: skipped, no Redis test server")
+        return
+    raise_open_files(1 << 20)
+    server = server_cls()
+    server.start()
+    try:
+        figures = await storm(
+            server.url(),
+            clients=args.storm_clients,
+            channels_per_client=5,
+            channels=args.storm_channels,
+            rate=args.storm_rate,
+            settle=3.0,
+            flags=node_flags(args.storm_clients),
+            cpu=NODE_CPU,
+        )
+    finally:
+        server.stop()
+    results["storm"] = figures
+    log(
+        f"storm: {figures['moved_clients']} clients x 5 channels resumed on 2 nodes in"
+        f" {figures['resumed_seconds']:.2f} s; {figures['deliveries_checked']} deliveries checked,"
+        f" lost {figures['lost']}, duplicated {figures['duplicated']}, reordered {figures['reordered']},"
+        f" not recovered {figures['not_recovered']}"
+    )
 
 
 async def run_adapters(args: argparse.Namespace, results: dict[str, Any], notes: list[str]) -> None:
@@ -442,6 +512,13 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, s
                 f"≤ {TARGETS['rss_per_conn_kib']:.0f} KiB",
                 m["kib_per_connection"] <= TARGETS["rss_per_conn_kib"],
             )
+            row(
+                f"{kind.upper()} connect + subscribe, N={m['subscribers']} (100 at a time)",
+                f"{m['connect_seconds']:.2f} s, {m['connect_node_ms_per_client']:.3f} ms node CPU each",
+                f"≤ {TARGETS['connect_ms']} ms each",
+                m["connect_node_ms_per_client"] <= TARGETS["connect_ms"],
+                f"{m['connect_node_cpu_pct']:.0f}% / {m['connect_client_cpu_pct']:.0f}%",
+            )
         lat = results.get(f"{kind}_latency")
         if lat is not None:
             row(
@@ -451,6 +528,28 @@ def table(results: dict[str, Any], args: argparse.Namespace) -> list[dict[str, s
                 lat["p99_ms"] <= TARGETS["p99_ms"] and lat["lost"] == 0,
                 cpu(lat),
             )
+    many = results.get("ws_many")
+    if many is not None:
+        row(
+            f"WS idle connections on one node, N={many['subscribers']} (the descriptor limit here is"
+            f" {many['descriptor_limit']})",
+            f"RSS {many['rss_mib']:.0f} MiB; at the same {many['kib_per_connection']:.2f} KiB each,"
+            f" 50,000 = {many['rss_50k_mib']:.0f} MiB (extrapolated)",
+            f"50,000 < {TARGETS['rss_50k_mib']:.0f} MiB",
+            many["rss_50k_mib"] < TARGETS["rss_50k_mib"],
+        )
+    storm = results.get("storm")
+    if storm is not None:
+        row(
+            f"Reconnect storm: {storm['moved_clients']} of {storm['clients']} WS clients x 5 channels, node killed,"
+            " resumed on 2 survivors (Redis)",
+            f"{storm['resumed_seconds']:.2f} s; {storm['deliveries_checked']:,} deliveries checked: lost"
+            f" {storm['lost']}, duplicated {storm['duplicated']}, reordered {storm['reordered']}, resets"
+            f" {storm['resets']}",
+            f"≤ {TARGETS['storm_seconds']:.0f} s, 0 lost",
+            storm["resumed_seconds"] <= TARGETS["storm_seconds"]
+            and storm["lost"] == 0 and storm["duplicated"] == 0 and storm["reordered"] == 0,
+        )
     memory_rate = results.get(f"ws_fanout_{args.small}", {}).get("deliveries_per_s")
     for kind in ("redis", "nats", "kafka"):
         r = results.get(f"{kind}_ws_fanout_{args.small}")
@@ -498,7 +597,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-adapters", action="store_true", help="skip the production broker adapters")
     parser.add_argument("--publish-batch", type=int, default=50, help="publications per /api/publish/batch request")
     parser.add_argument("--node-module", default="node", help="module run as the node (an experiment may wrap it)")
-    parser.add_argument("--only", default="", help="comma-separated phases: memory, fanout, single, latency, batch1")
+    parser.add_argument("--only", default="", help="comma-separated phases: " + ", ".join(PHASES))
+    parser.add_argument("--many", type=int, default=19_000, help="idle connections for the 'many' phase (capped by the descriptor limit)")
+    parser.add_argument("--storm-clients", type=int, default=10_000, help="clients in the reconnect storm")
+    parser.add_argument("--storm-channels", type=int, default=200, help="channels in the reconnect storm (5 per client)")
+    parser.add_argument("--storm-rate", type=float, default=200.0, help="publications/s during the reconnect storm")
     parser.add_argument("--no-write", action="store_true", help="print only; write nothing to loadtest/results/")
     return parser.parse_args(argv)
 
@@ -509,8 +612,15 @@ async def main_async(args: argparse.Namespace) -> int:
     for kind in args.transports.split(","):
         await run_transport(kind.strip(), args, results)
         gc.collect()
-    if args.no_adapters:
-        notes.append("production adapters: skipped (--no-adapters)")
+    phases = set(args.only.split(",")) if args.only else set(PHASES)
+    if "many" in phases:
+        await run_many(args, results)
+        gc.collect()
+    if "storm" in phases:
+        await run_storm(args, results, notes)
+        gc.collect()
+    if args.no_adapters or args.only:
+        notes.append("production adapters: skipped (--no-adapters or --only)")
     else:
         await run_adapters(args, results, notes)
     now = datetime.now(UTC)
