@@ -277,9 +277,13 @@ class KafkaBroker(Broker):
         offset = int(result.offset)
         layout = await topic.stamp(producer, before, layout)
         if offset <= self._produced.get(partition, -1):
-            # Offsets only grow within one incarnation of a partition.
-            layout = await topic.refresh()
-        self._produced[partition] = max(offset, self._produced.get(partition, -1))
+            # Offsets only grow within one incarnation of a partition: this
+            # one either is another incarnation, or hands out offsets twice.
+            # Either way no id can be given to this record.
+            topic.refresh_soon()
+            self._produced.pop(partition, None)
+            raise BrokerUnavailable("kafka partition offsets went back while publishing; the outcome is unknown")
+        self._produced[partition] = offset
         index = self._indexes.valid(partition, layout.stream(partition))
         if index is not None:
             index.follow(channel, offset, expected=offset)

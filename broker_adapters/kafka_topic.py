@@ -202,11 +202,16 @@ class Topic:
 
         If the producer's connections are those it had when the layout was
         verified, that layout.  If the producer reconnected before this send,
-        the record went to whatever answers now: check the topic again and
-        use that, provided nothing reconnects meanwhile.  If it reconnected
-        during the send, nobody can say where the record went, and an
-        unknown outcome is what the caller must hear (a publish that failed
-        with broker_unavailable may or may not have been stored).
+        the record went to whatever answers now: check the topic again, and
+        keep the layout only if the topic is the very one the send started
+        with.  A topic that changed identity across the send (a broker that
+        restarted empty, and the topic recreated after our record landed in
+        a partition that no longer exists) cannot name the record: its
+        offsets start again and would be handed out twice.  If the topic
+        changed, or the producer reconnected during the send, nobody can say
+        where the record went, and an unknown outcome is what the caller
+        must hear (a publish that failed with broker_unavailable may or may
+        not have been stored).
         """
         after = self.incarnation(producer)
         if after is not None and after == self._verified_incarnation:
@@ -216,7 +221,8 @@ class Topic:
             raise BrokerUnavailable("kafka connection changed while publishing; the outcome is unknown")
         checked = await self.refresh()
         now = self.incarnation(producer)
-        if not survives(after, now):
-            raise BrokerUnavailable("kafka connection changed while publishing; the outcome is unknown")
+        if not survives(after, now) or checked != layout:
+            self.refresh_soon()
+            raise BrokerUnavailable("kafka topic changed while publishing; the outcome is unknown")
         self._verified_incarnation = now
         return checked
