@@ -134,7 +134,12 @@ class Topic:
         if replaced:
             log.warning(
                 "kafka topic changed identity; every channel starts a new epoch",
-                extra={"topic": self.options.topic, "partitions": layout.partitions},
+                extra={
+                    "topic": self.options.topic,
+                    "partitions": layout.partitions,
+                    "topic_id": layout.topic_id.hex(),
+                    "previous_topic_id": self.layout.topic_id.hex() if self.layout else None,
+                },
             )
         self.layout = layout
         self._verified_incarnation = None
