@@ -64,7 +64,9 @@ from .nats_stream import (
     ensure_stream,
     stream_identity,
 )
+from .nats_presence import NatsPresence
 from .options import parse_options
+from .presence import PresenceSettings
 from .tasks import TaskSet
 from .types import History, Publication
 
@@ -503,6 +505,16 @@ class NatsBroker(Broker):
         """A JetStream round trip that also notices a deleted or altered stream."""
         with NATS.unavailable("ping"):
             await self._ensure_stream()
+
+    def presence(self, settings: PresenceSettings) -> NatsPresence:
+        return NatsPresence(
+            settings,
+            lambda: self._client()[1],
+            stream=f"{self.options.stream}_PRESENCE",
+            subject_prefix=f"{self.options.subject_prefix}-presence",
+            replicas=self.options.replicas,
+            storage=self.options.storage,
+        )
 
 
 def _wrong_last(exc: nats.js.errors.APIError) -> int | None:
