@@ -51,6 +51,7 @@ from nats.js.api import PubAck
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
 from .foreign import stored_publication
 from .keyed_locks import KeyedLocks
+from .nats_presence import NatsPresence
 from .nats_reads import HEADER_EVENT, HEADER_PREV, StreamReader, timestamp_ms
 from .nats_stream import (
     ERR_LAST_SUBJECT_SEQ_NOT_READY,
@@ -64,7 +65,6 @@ from .nats_stream import (
     ensure_stream,
     stream_identity,
 )
-from .nats_presence import NatsPresence
 from .options import parse_options
 from .presence import PresenceSettings
 from .tasks import TaskSet

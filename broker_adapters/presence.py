@@ -124,7 +124,7 @@ class PresenceStore(abc.ABC):
     async def count(self, channel: str) -> int:
         """How many unexpired entries ``channel`` has."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional: most stores own nothing of their own
         """Release what the store holds beyond its broker's connections."""
 
 

@@ -23,8 +23,8 @@ from .base import Broker, BrokerListener, BrokerUnavailable
 from .foreign import stored_publication
 from .options import parse_options
 from .presence import PresenceSettings
-from .redis_presence import RedisPresence
 from .redis_live import REDIS, LiveConnection
+from .redis_presence import RedisPresence
 from .redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, ChannelKeys, new_generation, unpack_entries
 from .types import History, Position, Publication
 
