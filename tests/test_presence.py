@@ -249,6 +249,31 @@ async def test_history_through_the_api_oldest_or_newest_first(cluster: list[Node
     assert [p["id"] for p in after["publications"]] == ids[3:] and after["complete"]
 
 
+async def test_the_publisher_has_the_same_calls(cluster: list[NodeProcess]) -> None:
+    from broker_adapters.publisher import Publisher
+
+    room = f"chat:p{next(_rooms)}"
+    client = await connect(cluster[1], "dave")
+    await client.subscribe(room)
+    async with Publisher(cluster[0].broker) as publisher:
+        if not cluster[0].broker.startswith("kafka"):
+            await until(lambda: _listed(publisher, room), 10, "dave in the publisher's presence")
+            assert await publisher.presence_count(room) == 1
+        assert await publisher.subscribers(room) == 1
+        position = await publisher.publish(room, {"n": 1})
+        history = await publisher.history(room)
+        assert history.top == position and [p.data for p in history.publications][-1:] == ['{"n":1}']
+        await publisher.disconnect("dave", code=4040, reason="publisher says bye")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await client.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4040
+
+
+async def _listed(publisher: Any, room: str) -> bool:
+    return [e.user for e in await publisher.presence(room)] == ["dave"]
+
+
 async def test_a_killed_nodes_clients_leave_presence_within_the_ttl(cluster: list[NodeProcess]) -> None:
     # Last in this module: it kills a node of the shared cluster.
     room = f"chat:n{next(_rooms)}"
