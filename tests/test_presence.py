@@ -177,8 +177,10 @@ asyncio.run(main())
 
 async def test_a_client_killed_with_sigkill_leaves_presence(cluster: list[NodeProcess]) -> None:
     room = f"chat:k{next(_rooms)}"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, cluster[1].ws_url, token("doomed"), room], stdout=subprocess.PIPE
+    proc = await asyncio.to_thread(
+        subprocess.Popen,
+        [sys.executable, "-c", CLIENT, cluster[1].ws_url, token("doomed"), room],
+        stdout=subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
