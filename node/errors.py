@@ -73,7 +73,6 @@ class ErrorCode(enum.StrEnum):
     PRESENCE_DISABLED = "presence_disabled"
     FORBIDDEN = "forbidden"
     BACKEND_UNAVAILABLE = "backend_unavailable"
-    NOT_FOUND = "not_found"
 
 
 class CloseCode(enum.IntEnum):
@@ -138,7 +137,6 @@ ERRORS: dict[ErrorCode, Treatment] = {
     ErrorCode.PRESENCE_DISABLED: Treatment(400),
     ErrorCode.FORBIDDEN: Treatment(403, CloseCode.FORBIDDEN),
     ErrorCode.BACKEND_UNAVAILABLE: Treatment(503, CloseCode.TRY_AGAIN_LATER, 1),
-    ErrorCode.NOT_FOUND: Treatment(404),
 }
 
 
