@@ -80,7 +80,9 @@ async def connect_times(node: NodeProcess, count: int, headers: dict[str, str]) 
 
 async def hook_figures() -> None:
     port = free_port()
-    backend = subprocess.Popen([sys.executable, "-m", "tests.hook_backend", str(port)], cwd=ROOT)
+    backend = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "tests.hook_backend", str(port)], cwd=ROOT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: http_status(url + "/healthz") == 200, what="backend")
