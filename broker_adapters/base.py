@@ -33,6 +33,7 @@ from typing import Protocol
 
 from .errors import BrokerError as BrokerError
 from .errors import BrokerUnavailable as BrokerUnavailable
+from .presence import PresenceSettings, PresenceStore
 from .types import History, Publication
 
 
@@ -128,6 +129,17 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Round-trip to the broker; raise :class:`BrokerUnavailable` if it fails."""
+
+    # -- optional capabilities -------------------------------------------------------
+
+    def presence(self, settings: PresenceSettings) -> PresenceStore | None:
+        """A presence store kept in this broker, or None if the broker has no structure for it.
+
+        Optional, like centrifuge's PresenceManager: see
+        :mod:`broker_adapters.presence`.  Called once, before :meth:`start`;
+        the store uses the broker's connections.
+        """
+        return None
 
 
 class NullListener:

@@ -24,7 +24,9 @@ from itertools import islice
 
 from .base import Broker, BrokerListener, NullListener
 from .empty import empty_epoch
+from .memory_presence import MemoryPresence
 from .options import parse_options
+from .presence import PresenceSettings
 from .tasks import TaskSet
 from .types import History, Position, Publication
 
@@ -151,6 +153,9 @@ class MemoryBroker(Broker):
 
     async def ping(self) -> None:
         return None
+
+    def presence(self, settings: PresenceSettings) -> MemoryPresence:
+        return MemoryPresence(settings, self._clock)
 
     async def _sweep_forever(self) -> None:
         interval = min(60.0, self.options.history_ttl)

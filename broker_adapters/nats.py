@@ -51,6 +51,7 @@ from nats.js.api import PubAck
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
 from .foreign import stored_publication
 from .keyed_locks import KeyedLocks
+from .nats_presence import NatsPresence
 from .nats_reads import HEADER_EVENT, HEADER_PREV, StreamReader, timestamp_ms
 from .nats_stream import (
     ERR_LAST_SUBJECT_SEQ_NOT_READY,
@@ -65,6 +66,7 @@ from .nats_stream import (
     stream_identity,
 )
 from .options import parse_options
+from .presence import PresenceSettings
 from .tasks import TaskSet
 from .types import History, Publication
 
@@ -503,6 +505,16 @@ class NatsBroker(Broker):
         """A JetStream round trip that also notices a deleted or altered stream."""
         with NATS.unavailable("ping"):
             await self._ensure_stream()
+
+    def presence(self, settings: PresenceSettings) -> NatsPresence:
+        return NatsPresence(
+            settings,
+            lambda: self._client()[1],
+            stream=f"{self.options.stream}_PRESENCE",
+            subject_prefix=f"{self.options.subject_prefix}-presence",
+            replicas=self.options.replicas,
+            storage=self.options.storage,
+        )
 
 
 def _wrong_last(exc: nats.js.errors.APIError) -> int | None:

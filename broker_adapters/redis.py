@@ -22,7 +22,9 @@ from redis.backoff import NoBackoff
 from .base import Broker, BrokerListener, BrokerUnavailable
 from .foreign import stored_publication
 from .options import parse_options
+from .presence import PresenceSettings
 from .redis_live import REDIS, LiveConnection
+from .redis_presence import RedisPresence
 from .redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, ChannelKeys, new_generation, unpack_entries
 from .types import History, Position, Publication
 
@@ -183,6 +185,10 @@ class RedisBroker(Broker):
             # yet: not ready.  Skip the rest of the reconnect backoff.
             live.wake()
             raise BrokerUnavailable("redis live connection is down; reconnecting")
+
+
+    def presence(self, settings: PresenceSettings) -> RedisPresence:
+        return RedisPresence(self._client, self.options.prefix, settings)
 
 
 def _text(value: bytes | str) -> str:

@@ -53,10 +53,12 @@ class Identity:
     expires: float | None = None
     channels: tuple[str, ...] = ()
     publish: tuple[str, ...] = ()
+    #: Compact JSON shown with the user in presence (token claim ``info``, or the connect hook's answer).
+    info: str | None = None
 
     @classmethod
     def of(cls, claims: Claims) -> Identity:
-        return cls(claims.user, claims.expires, claims.channels, claims.publish)
+        return cls(claims.user, claims.expires, claims.channels, claims.publish, claims.info)
 
 
 ANONYMOUS = Identity()

@@ -28,6 +28,7 @@ from broker_adapters.types import (
 )
 
 from .errors import ClientError, ErrorCode
+from .server_api import api_routes
 from .shed import Shedder
 from .status import Status
 from .tickets import RESERVED_CHANNEL_PREFIX
@@ -192,6 +193,8 @@ def client_routes(node: Node) -> list[BaseRoute]:
         Route("/api/tickets", _guarded(issue_ticket, check_api=False), methods=["POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        # The server API: history, info, presence, and commands to every node (node/server_api.py).
+        *api_routes(node, _guarded, _read_json),
     ]
     if node.settings.demo:
         routes += [Route("/", demo), Mount("/fanline", StaticFiles(directory=CLIENT_DIR))]

@@ -55,6 +55,8 @@ class Claims:
     expires: float | None
     channels: tuple[str, ...]
     publish: tuple[str, ...]
+    #: The token's ``info`` claim as compact JSON (shown in presence), or None.
+    info: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,15 @@ def claims_from(payload: Mapping[str, Any], *, channels_key: str = "channels", p
         expires=float(exp) if exp is not None else None,
         channels=grants(payload.get(channels_key), channels_key),
         publish=grants(payload.get(publish_key), publish_key),
+        info=_info(payload.get("info")),
     )
+
+
+def _info(value: object) -> str | None:
+    # Presence shows it; node.presence drops one over presence_max_info_bytes.
+    if value is None:
+        return None
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- keys -----------------------------------------------------------------------------------

@@ -356,6 +356,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             self._expiry.cancel()
             self._expiry = None
         hub = self.node.hub
+        self.node.presence.released(self)
         for subscription in (self.subscriptions or {}).values():
             hub.unsubscribe(subscription)
         self.subscriptions = None

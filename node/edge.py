@@ -33,6 +33,7 @@ from starlette.types import ASGIApp
 from . import websocket_frames
 from .asgi_http import Exchange
 from .errors import ClientError, ErrorCode
+from .hooks import Hook, server_positions
 from .http_requests import Limits, Request, RequestReader
 from .http_responses import CONTINUE, error_response, response_head
 from .sse import SSEConnection, parse_request
@@ -267,7 +268,7 @@ class EdgeProtocol(asyncio.Protocol):
         except ClientError as exc:
             self._fail(exc)
             return
-        if not node.access.has_credential(scope):
+        if not node.access.has_credential(scope) and not node.gate.has(Hook.CONNECT):
             # Anonymous, or a WebSocket that will send its auth frame: nothing
             # to verify now, so no task either.
             self._accepted(transport, key, node.access.identity_without_credential())
@@ -276,23 +277,40 @@ class EdgeProtocol(asyncio.Protocol):
 
     async def _verify_then_accept(self, transport: asyncio.Transport, key: str, scope: dict[str, Any]) -> None:
         node = self.node
+        channels: tuple[str, ...] = ()
         try:
             identity = await node.access.identify(scope, node.broker, deferred=True)
+            if identity is not None:
+                # The connect hook runs here, in this task, under handshake_timeout.
+                identity, channels = await node.gate.connect(identity, scope, "websocket")
         except ClientError as exc:
             # A credential that fails is told after accepting, so that a
             # browser can read why (it never sees a refused handshake's status).
             self._accept(transport, key, None, refused=exc)
             return
-        self._accepted(transport, key, identity)
+        self._accepted(transport, key, identity, channels, scope)
 
-    def _accepted(self, transport: asyncio.Transport, key: str, identity: Identity | None) -> None:
+    def _accepted(
+        self,
+        transport: asyncio.Transport,
+        key: str,
+        identity: Identity | None,
+        channels: tuple[str, ...] = (),
+        scope: dict[str, Any] | None = None,
+    ) -> None:
         if identity is not None and not self.node.has_room():
             self._fail(self.node.full())
             return
-        self._accept(transport, key, identity)
+        self._accept(transport, key, identity, channels=channels, scope=scope)
 
     def _accept(
-        self, transport: asyncio.Transport, key: str, identity: Identity | None, refused: ClientError | None = None
+        self,
+        transport: asyncio.Transport,
+        key: str,
+        identity: Identity | None,
+        refused: ClientError | None = None,
+        channels: tuple[str, ...] = (),
+        scope: dict[str, Any] | None = None,
     ) -> None:
         node = self.node
         self._disarm()
@@ -309,6 +327,10 @@ class EdgeProtocol(asyncio.Protocol):
             )
         )
         connection = WebSocketConnection(node, transport, node.next_number(), identity)
+        if channels:
+            connection.server_channels = (channels, server_positions(self.reader.requests[0].query))
+        if identity is None and scope is not None and node.gate.has(Hook.CONNECT):
+            connection.handshake = scope  # the connect hook runs after the auth frame
         transport.set_protocol(connection)
         if self.edge.server_connections is not None:
             self.edge.server_connections.discard(self)
@@ -338,8 +360,11 @@ class EdgeProtocol(asyncio.Protocol):
             cors = list(node.access.cors_headers(scope))
             identity = await node.access.identify(scope, node.broker)
             assert identity is not None
+            # Server-side channels are WebSocket-only: an SSE stream's channels are its URL's.
+            identity, _ = await node.gate.connect(identity, scope, "sse")
             for channel in channels:
                 node.access.check_subscribe(identity, channel)
+                await node.gate.subscribe(identity, channel, None)
             if not node.has_room():
                 raise node.full()
         except ClientError as exc:

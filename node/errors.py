@@ -69,6 +69,10 @@ class ErrorCode(enum.StrEnum):
     INVALID_API_KEY = "invalid_api_key"
     ORIGIN_FORBIDDEN = "origin_forbidden"
     TICKETS_DISABLED = "tickets_disabled"
+    # -- presence, the server API and backend hooks: docs/presence.md, server-api.md, hooks.md
+    PRESENCE_DISABLED = "presence_disabled"
+    FORBIDDEN = "forbidden"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
 
 
 class CloseCode(enum.IntEnum):
@@ -130,6 +134,9 @@ ERRORS: dict[ErrorCode, Treatment] = {
     ErrorCode.INVALID_API_KEY: Treatment(401, CloseCode.UNAUTHORIZED),
     ErrorCode.ORIGIN_FORBIDDEN: Treatment(403, CloseCode.FORBIDDEN),
     ErrorCode.TICKETS_DISABLED: Treatment(404),
+    ErrorCode.PRESENCE_DISABLED: Treatment(400),
+    ErrorCode.FORBIDDEN: Treatment(403, CloseCode.FORBIDDEN),
+    ErrorCode.BACKEND_UNAVAILABLE: Treatment(503, CloseCode.TRY_AGAIN_LATER, 1),
 }
 
 

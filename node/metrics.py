@@ -242,6 +242,32 @@ class Metrics:
             (*LATENCY_BUCKETS, 20.0, 30.0, 60.0),
         )
 
+        # Presence, the control channel and backend hooks (docs/presence.md, server-api.md, hooks.md).
+        self.presence_writes = Counter(
+            p + "presence_writes_total",
+            "Batched presence writes to the store, by kind: changes (joins, leaves) or refresh.",
+            ("kind",),
+        )
+        self.presence_write_seconds = Histogram(
+            p + "presence_write_seconds", "Time of one batched presence write (all channels of the batch).",
+            LATENCY_BUCKETS,
+        )
+        self.presence_entries = Gauge(p + "presence_entries", "Presence entries this node holds and refreshes.")
+        self.presence_refused = Counter(
+            p + "presence_refused_total", "Clients not listed because their channel was at presence_max_clients."
+        )
+        self.commands = Counter(
+            p + "commands_total", "Control-channel commands received, by command and whether this node acted.",
+            ("command", "acted"),
+        )
+        self.hook_calls = Counter(
+            p + "hook_calls_total", "Backend hook calls by hook and outcome (allow, deny, error, timeout, busy).",
+            ("hook", "outcome"),
+        )
+        self.hook_seconds = Histogram(
+            p + "hook_seconds", "Backend hook call latency, by hook.", LATENCY_BUCKETS, ("hook",)
+        )
+
     def all(self) -> list[Metric]:
         return [m for m in vars(self).values() if isinstance(m, Metric)]
 

@@ -46,6 +46,10 @@ class Subscribe:
     channel: str
     since: Position | None = None
     rid: Any = None
+    #: Send this connection the channel's join and leave events (docs/presence.md).
+    join_leave: bool = False
+    #: A server-side subscription (the connect hook's channels): never parsed from a client.
+    server: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,16 @@ class Auth:
     rid: Any = None
 
 
-ClientMessage = Subscribe | Unsubscribe | Publish | Ping | Auth
+@dataclass(frozen=True, slots=True)
+class PresenceQuery:
+    """``presence`` (the list of present clients) or ``presence_stats`` (only the count)."""
+
+    channel: str
+    stats: bool = False
+    rid: Any = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Publish | Ping | Auth | PresenceQuery
 
 
 def _rid(message: dict[str, Any]) -> Any:
@@ -112,16 +125,21 @@ def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientM
             if len(given) != 1 or not isinstance(given[0], str) or not given[0]:
                 raise _refusal(ErrorCode.INVALID_MESSAGE, f"{kind} needs a token or a ticket string", rid)
             return Auth(token=token, ticket=ticket, rid=rid)
-        if kind in ("subscribe", "unsubscribe", "publish"):
+        if kind in ("subscribe", "unsubscribe", "publish", "presence", "presence_stats"):
             channel = validate_channel(message.get("channel"), max_channel_length)
             if kind == "unsubscribe":
                 return Unsubscribe(channel, rid=rid)
+            if kind in ("presence", "presence_stats"):
+                return PresenceQuery(channel, stats=kind == "presence_stats", rid=rid)
             if kind == "subscribe":
                 since_raw = message.get("since")
                 if since_raw is not None and not isinstance(since_raw, str):
                     raise _refusal(ErrorCode.INVALID_EVENT_ID, "since must be an event id string", rid, channel)
                 since = Position.parse(since_raw) if since_raw else None
-                return Subscribe(channel, since=since, rid=rid)
+                join_leave = message.get("join_leave", False)
+                if not isinstance(join_leave, bool):
+                    raise _refusal(ErrorCode.INVALID_MESSAGE, "join_leave must be true or false", rid, channel)
+                return Subscribe(channel, since=since, rid=rid, join_leave=join_leave)
             if "data" not in message:
                 raise _refusal(ErrorCode.INVALID_MESSAGE, "publish needs a data field", rid, channel)
             event = validate_event_type(message.get("event"))
@@ -160,7 +178,7 @@ def connected_frame(node: str, heartbeat_interval: float) -> str:
 
 
 def subscribed_frame(
-    channel: str, position: Position, *, recovered: bool | None, replayed: int, rid: Any
+    channel: str, position: Position, *, recovered: bool | None, replayed: int, rid: Any, server: bool = False
 ) -> str:
     return _frame(
         type="subscribed",
@@ -169,11 +187,21 @@ def subscribed_frame(
         recovered=recovered,
         replayed=replayed if recovered else None,
         rid=rid,
+        server=server or None,
     )
 
 
-def unsubscribed_frame(channel: str, rid: Any) -> str:
-    return _frame(type="unsubscribed", channel=channel, rid=rid)
+def unsubscribed_frame(channel: str, rid: Any, reason: str | None = None) -> str:
+    """The answer to an unsubscribe; with ``reason`` "server", one the server did unasked."""
+    return _frame(type="unsubscribed", channel=channel, rid=rid, reason=reason)
+
+
+def presence_frame(channel: str, clients: list[dict[str, Any]], users: int, rid: Any) -> str:
+    return _frame(type="presence", channel=channel, clients=clients, users=users, rid=rid)
+
+
+def presence_stats_frame(channel: str, clients: int, rid: Any) -> str:
+    return _frame(type="presence_stats", channel=channel, clients=clients, rid=rid)
 
 
 def published_frame(channel: str, position: Position, rid: Any) -> str:

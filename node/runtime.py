@@ -25,13 +25,16 @@ from broker_adapters.tasks import TaskSet
 
 from . import protocol
 from .access import AccessPolicy
+from .commands import Control
 from .connection import Flush, tune_socket
 from .errors import ClientError, CloseCode, ErrorCode
+from .hooks import Gate
 from .hub import Delivery, Hub
 from .logs import LogThrottle
 from .metrics import Metrics
 from .outbox import OutboxLimits
 from .pacing import drain_paced
+from .presence import Presence
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -54,6 +57,10 @@ class Node:
             resume_window=settings.resume_window,
         )
         self.access = AccessPolicy(settings)
+        # Presence, the control channel and backend hooks (node.presence, node.commands, node.hooks).
+        self.presence = Presence(self)
+        self.control = Control(self)
+        self.gate = Gate(self)
         # The first message of every WebSocket: the same bytes for all of them.
         self.hello = protocol.connected_frame(self.name, settings.heartbeat_interval).encode()
         self.connections: set[Connection] = set()
@@ -91,10 +98,15 @@ class Node:
         self._tasks.spawn(self._sweep_forever(), "sweep")
         if self.settings.stream_check_interval > 0:
             self._tasks.spawn(self.hub.check_streams_forever(self.settings.stream_check_interval), "stream-check")
+        await self.control.start()
+        await self.presence.start()
 
     async def stop(self) -> None:
         for connection in list(self.connections):
             connection.close(CloseCode.GOING_AWAY, "node stopping")
+        await self.presence.stop()
+        await self.control.stop()
+        await self.gate.close()
         await self._tasks.cancel_all()
         await self.hub.close()
         await self.broker.close()

@@ -186,6 +186,59 @@ class Settings:
     ticket_ttl: float = _setting(30.0, "Seconds a connection ticket stays valid (it is single-use).")
     auth_timeout: float = _setting(5.0, "Seconds a WebSocket may take to send its auth frame when it needs one.")
 
+    # -- presence (docs/presence.md) ------------------------------------------------
+    presence_namespaces: str = _setting(
+        "",
+        "Namespaces whose channels keep presence (who is subscribed), comma-separated; * for every "
+        "channel; empty: presence is off.",
+    )
+    presence_ttl: float = _setting(
+        30.0,
+        "Seconds a presence entry outlives its node's last refresh: the clients of a node that died "
+        "leave presence within this time. The same on every node.",
+    )
+    presence_refresh: float = _setting(
+        10.0,
+        "Seconds between a node's refreshes of its presence entries: one batched write per interval "
+        "for all its channels. Less than presence_ttl.",
+    )
+    presence_max_clients: int = _setting(1000, "Most presence entries per channel; clients beyond it are not listed.")
+    presence_max_info_bytes: int = _setting(
+        256, "Largest info (from the token's info claim or the connect hook), as compact JSON; larger is dropped."
+    )
+    presence_join_leave: bool = _setting(
+        True, "Publish join and leave events for presence channels, for subscribers that ask for them."
+    )
+    presence_store: str = _setting(
+        "",
+        "Broker URL (redis:// or nats://) that keeps presence when the broker has no structure for it "
+        "(Kafka); empty: the broker itself.",
+    )
+    announce_interval: float = _setting(
+        3.0,
+        "Seconds between a node's announcements on the control channel; a node silent for 2.5 "
+        "intervals counts as gone (cluster-wide counts, server API commands).",
+    )
+
+    # -- backend hooks (docs/hooks.md) ------------------------------------------------
+    hook_connect_url: str = _setting("", "URL the node POSTs to on every connect; empty: no connect hook.")
+    hook_subscribe_url: str = _setting("", "URL the node POSTs to on every client subscribe; empty: none.")
+    hook_publish_url: str = _setting("", "URL the node POSTs to on every client publish; empty: none.")
+    hook_refresh_url: str = _setting(
+        "", "URL the node POSTs to when a connection's expiry set by the connect hook arrives; empty: none."
+    )
+    hook_timeout: float = _setting(1.0, "Seconds a hook call may take, waiting for a free slot included.")
+    hook_max_concurrency: int = _setting(64, "Hook calls in flight per node; more wait (within hook_timeout).")
+    hook_headers: str = _setting(
+        "", "Request headers forwarded to the connect hook, comma-separated names; none unless listed."
+    )
+    hook_cookies: str = _setting("", "Cookies forwarded to the connect hook, comma-separated names; none unless listed.")
+    hook_failure: str = _setting(
+        "deny",
+        "What a failed hook call (timeout, error status, unreachable backend) means: deny (refuse, the "
+        "client retries later) or allow (go on without the hook's answer).",
+    )
+
     def __post_init__(self) -> None:
         positive = (
             "replay_limit",
@@ -209,6 +262,13 @@ class Settings:
             "subscribe_wait",
             "rate_limit",
             "rate_burst",
+            "presence_ttl",
+            "presence_refresh",
+            "presence_max_clients",
+            "presence_max_info_bytes",
+            "announce_interval",
+            "hook_timeout",
+            "hook_max_concurrency",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -222,6 +282,10 @@ class Settings:
         if self.stream_check_interval < 0:
             raise SettingsError("stream_check_interval must be 0 (off) or more")
         self.namespace_policies()
+        if self.presence_refresh >= self.presence_ttl:
+            raise SettingsError("presence_refresh must be less than presence_ttl")
+        if self.hook_failure not in ("deny", "allow"):
+            raise SettingsError("hook_failure must be deny or allow")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError("log_level must be debug, info, warning or error")
 

@@ -142,6 +142,8 @@ class SSEConnection(Connection):
                 "replayed": plan.replayed,
             }
         self.send(sse_events.subscribed(sse_events.composite_id(self.tokens), node.settings.sse_retry_ms, summary))
+        for channel in self.channels:
+            node.presence.joined(self, channel)
         for subscribed in answers:
             node.hub.start_delivery(subscribed)
         self.expire_at(node.access.deadline(self.identity), self._expired)

@@ -22,11 +22,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from broker_adapters.base import BrokerError
+from broker_adapters.presence import users_of
 
 from . import protocol
 from .connection import Connection, Item, ResetItem
 from .errors import ClientError, CloseCode, ErrorCode
+from .hooks import Hook
 from .hub import Delivery, Subscribed
+from .presence import client_id
 from .websocket_frames import (
     PING_FRAME,
     Close,
@@ -105,7 +108,7 @@ class WebSocketConnection(Connection):
 
     __slots__ = (
         "reader", "inbox", "worker", "_tokens", "_refilled", "_refused_in_a_row", "ping_sent", "_close_received",
-        "_linger", "_auth_timer",
+        "_linger", "_auth_timer", "server_channels", "handshake",
     )
 
     def __init__(self, node: Node, transport: asyncio.Transport, number: int, identity: Identity | None) -> None:
@@ -125,6 +128,10 @@ class WebSocketConnection(Connection):
         self._close_received = False
         self._linger: asyncio.TimerHandle | None = None
         self._auth_timer: asyncio.TimerHandle | None = None
+        # The connect hook's channels and the positions the client gave for them (node.hooks).
+        self.server_channels: tuple[tuple[str, ...], dict[str, Any]] | None = None
+        # The handshake, kept only when the connect hook must run after the auth frame.
+        self.handshake: dict[str, Any] | None = None
 
     # -- start --------------------------------------------------------------------------------
 
@@ -144,7 +151,14 @@ class WebSocketConnection(Connection):
             self._auth_timer.cancel()
             self._auth_timer = None
         self.send(self.node.hello)
-        self.expire_at(self.node.access.deadline(self.identity), self._expired)
+        self.node.gate.arm_expiry(self)
+        if self.server_channels is not None:
+            # Server-side subscriptions: answered with `subscribed` messages
+            # (no rid, "server": true) before any message of the client.
+            channels, positions = self.server_channels
+            self.server_channels = None
+            for channel in channels:
+                self._enqueue(protocol.Subscribe(channel, since=positions.get(channel), server=True))
 
     def _no_auth(self) -> None:
         self._auth_timer = None
@@ -205,7 +219,7 @@ class WebSocketConnection(Connection):
             self.send(protocol.pong_frame(parsed.rid).encode())
         elif isinstance(parsed, protocol.Unsubscribe):
             self.unsubscribe(parsed)
-        elif isinstance(parsed, protocol.Subscribe):
+        elif isinstance(parsed, protocol.Subscribe) and not self.node.gate.has(Hook.SUBSCRIBE):
             # Most subscribes need no I/O (a live channel, a resume inside the
             # node's recent window): answered here, with no task at all.
             try:
@@ -295,12 +309,21 @@ class WebSocketConnection(Connection):
                 await self.publish(message)
             elif isinstance(message, protocol.Auth):
                 await self.refresh(message)
+            elif isinstance(message, protocol.PresenceQuery):
+                await self.presence_query(message)
         except ClientError as exc:
             self.error(exc.with_request(getattr(message, "rid", None), getattr(message, "channel", None)))
 
     async def authenticate(self, message: protocol.ClientMessage) -> None:
         try:
             identity = await self.node.access.first_frame(message, self.node.broker)
+            if self.handshake is not None:
+                identity, channels = await self.node.gate.connect(identity, self.handshake, "websocket")
+                self.handshake = None
+                if channels:
+                    self.server_channels = (channels, {})
+            else:
+                self.node.control.check_banned(identity)
         except ClientError as exc:
             self.refuse(exc)
             return
@@ -332,11 +355,15 @@ class WebSocketConnection(Connection):
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS, f"at most {node.settings.max_subscriptions} subscriptions per connection"
             )
         assert self.identity is not None
-        node.access.check_subscribe(self.identity, channel)
+        if not message.server:  # the backend granted server-side channels itself
+            node.access.check_subscribe(self.identity, channel)
 
     async def subscribe(self, message: protocol.Subscribe) -> None:
         node = self.node
         self.check_subscribe(message)
+        if not message.server:
+            assert self.identity is not None
+            await node.gate.subscribe(self.identity, message.channel, client_id(node.name, self))
         subscribed = node.hub.subscribe_now(self, message.channel, message.since)
         if subscribed is None:
             try:
@@ -360,10 +387,12 @@ class WebSocketConnection(Connection):
         # plan's first step carries is what moves the client's position.
         self.send(
             protocol.subscribed_frame(
-                channel, plan.start, recovered=plan.recovered, replayed=plan.replayed, rid=message.rid
+                channel, plan.start, recovered=plan.recovered, replayed=plan.replayed, rid=message.rid,
+                server=message.server,
             ).encode()
         )
         node.hub.start_delivery(subscribed)
+        node.presence.joined(self, channel, message.join_leave)
 
     def unsubscribe(self, message: protocol.Unsubscribe) -> None:
         subscription = self.subscriptions.pop(message.channel, None) if self.subscriptions else None
@@ -375,6 +404,7 @@ class WebSocketConnection(Connection):
                 )
             )
             return
+        self.node.presence.left(self, message.channel)
         self.node.hub.unsubscribe(subscription)
         self.send(protocol.unsubscribed_frame(message.channel, message.rid).encode())
 
@@ -382,11 +412,25 @@ class WebSocketConnection(Connection):
         node = self.node
         assert self.identity is not None
         node.access.check_client_publish(self.identity, message.channel)
+        await node.gate.publish(self.identity, message.channel, message.data, client_id(node.name, self))
         try:
             publication = await node.hub.publish(message.channel, message.data, message.event, source="ws")
         except BrokerError as exc:
             raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"publish failed: {exc}") from None
         self.send(protocol.published_frame(message.channel, publication.position, message.rid).encode())
+
+    async def presence_query(self, message: protocol.PresenceQuery) -> None:
+        """``presence`` and ``presence_stats``: for whoever may subscribe to the channel."""
+        node = self.node
+        assert self.identity is not None
+        node.access.check_subscribe(self.identity, message.channel)
+        if message.stats:
+            count = await node.presence.count(message.channel)
+            self.send(protocol.presence_stats_frame(message.channel, count, message.rid).encode())
+            return
+        entries = await node.presence.list(message.channel)
+        clients = [entry.as_dict() for entry in entries]
+        self.send(protocol.presence_frame(message.channel, clients, users_of(entries), message.rid).encode())
 
     def error(self, error: ClientError) -> None:
         self.node.metrics.client_errors.labels(error.code.value).inc()
