@@ -32,6 +32,8 @@ _MAX_OFFSET = 2**63 - 1
 CHANNEL_PATTERN = re.compile(r"^[A-Za-z0-9_:#@=/-]+(\.[A-Za-z0-9_:#@=/-]+)*$")
 EVENT_TYPE_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 RESERVED_EVENT_PREFIX = "fanline."
+# Channels the node keeps for itself (tickets, the control channel, presence events): no client may name them.
+RESERVED_CHANNEL_PREFIX = "fanline."
 
 
 

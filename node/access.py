@@ -33,12 +33,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from broker_adapters.base import Broker
+from broker_adapters.types import RESERVED_CHANNEL_PREFIX
 
 from . import protocol
 from .auth import Claims, Credential, TokenError, TokenVerifier, bearer, claims_from, find_credential, grant_matches
 from .errors import ClientError, ErrorCode
 from .settings import Settings, SettingsError
-from .tickets import RESERVED_CHANNEL_PREFIX, TicketBook, TicketUnavailable
+from .tickets import TicketBook, TicketUnavailable
 
 
 @dataclass(frozen=True, slots=True)

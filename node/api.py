@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from broker_adapters.base import BrokerError
 from broker_adapters.types import (
+    RESERVED_CHANNEL_PREFIX,
     InvalidChannel,
     InvalidData,
     InvalidEventType,
@@ -31,7 +32,6 @@ from .errors import ClientError, ErrorCode
 from .server_api import api_routes
 from .shed import Shedder
 from .status import Status
-from .tickets import RESERVED_CHANNEL_PREFIX
 
 if TYPE_CHECKING:
     from .runtime import Node

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from broker_adapters.backoff import Backoff
 from broker_adapters.base import Broker, BrokerError, BrokerUnavailable
 from broker_adapters.tasks import TaskSet
-from broker_adapters.types import History, Position, Publication
+from broker_adapters.types import RESERVED_CHANNEL_PREFIX, History, Position, Publication
 
 from .metrics import Metrics
 from .resume import MergeGap, Reset, ResetReason, ResumePlan, plan_repair, plan_subscribe, replay_from_recent
@@ -253,7 +253,7 @@ class Hub:
             self.metrics.replayed.observe(len(replay))
         subscription = Subscription(channel, subscriber, index)
         state.subscribers[subscription] = None
-        self.metrics.subscriptions.inc()
+        self._count(subscription, 1)
         self.metrics.subscribes.labels("window").inc()
         return Subscribed(subscription, plan, {})
 
@@ -276,7 +276,7 @@ class Hub:
         # Registered before the history read, so every live publication from
         # now on is either held or in the history we read.
         state.subscribers[subscription] = None
-        self.metrics.subscriptions.inc()
+        self._count(subscription, 1)
         try:
             assert state.ready is not None
             await asyncio.shield(state.ready)
@@ -388,10 +388,16 @@ class Hub:
         if state is not None:
             self._remove(state, subscription)
 
+    def _count(self, subscription: Subscription, change: int) -> None:
+        # Clients' subscriptions only: the node's own (the control channel,
+        # presence relays) are on reserved channels no client can name.
+        if not subscription.channel.startswith(RESERVED_CHANNEL_PREFIX):
+            self.metrics.subscriptions.inc(change)
+
     def _remove(self, state: ChannelState, subscription: Subscription) -> None:
         if subscription in state.subscribers:
             del state.subscribers[subscription]
-            self.metrics.subscriptions.dec()
+            self._count(subscription, -1)
         if not state.subscribers and self._channels.get(state.name) is state:
             del self._channels[state.name]
             self._unsubscribing[state.name] = self._spawn(

@@ -37,7 +37,6 @@ from broker_adapters.types import encode_data
 from .auth import Claims, TokenError, claims_from
 
 # Clients may never subscribe or publish to channels with this prefix.
-RESERVED_CHANNEL_PREFIX = "fanline."
 TICKET_CHANNEL_PREFIX = "fanline.ticket."
 _KEY_LABEL = b"fanline ticket signing key v1"
 _TYPE = "fanline-ticket"
