@@ -71,7 +71,7 @@ class MemoryServer:
         return "memory://" + (f"?{query}" if query else "")
 
 
-NETWORKED = ("redis", "nats", "kafka")
+NETWORKED = ("redis", "nats", "kafka", "redis_cluster", "nats_cluster")
 
 
 def server_class(kind: str) -> type[Any] | None:
