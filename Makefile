@@ -60,6 +60,14 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench
 
+## bench-cluster: one Redis against a 3-shard Redis Cluster through 3 nodes (about 2 minutes); writes loadtest/results/cluster-*
+bench-cluster: $(STAMP)
+	$(BIN)/python -m loadtest.cluster_bench
+
+## capacity: how many nodes, shards and memory a load needs (make capacity ARGS="--connections 1000000 ...")
+capacity: $(STAMP)
+	$(BIN)/python -m loadtest.capacity $(ARGS)
+
 ## loadtest: a short headless Locust run (about 30 s) against a local node
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtest.run_local

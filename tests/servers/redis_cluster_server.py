@@ -59,6 +59,7 @@ class ClusterNode(ChildProcess):
     """One valkey-server process of the cluster."""
 
     dir: Path
+    appendfsync: str = "always"
     port: int = field(default_factory=free_port)
     # The cluster bus; by default port + 10000, which may not exist.
     bus_port: int = field(default_factory=free_port)
@@ -82,7 +83,7 @@ class ClusterNode(ChildProcess):
             "--cluster-allow-replica-migration", "no",
             "--save", "",
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", self.appendfsync,
             "--daemonize", "no",
             "--logfile", str(self.dir / "valkey.log"),
         ]
@@ -119,11 +120,11 @@ class Server:
     kind = "redis_cluster"
     restart_keeps_data = True
 
-    def __init__(self, primaries: int = 3, replicas_each: int = 1) -> None:
+    def __init__(self, primaries: int = 3, replicas_each: int = 1, appendfsync: str = "always") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fanline-redis-cluster-"))
         self.primaries = primaries
         count = primaries * (1 + replicas_each)
-        self.nodes = [ClusterNode(self.dir / f"node{i}") for i in range(count)]
+        self.nodes = [ClusterNode(self.dir / f"node{i}", appendfsync) for i in range(count)]
 
     # -- lifecycle -------------------------------------------------------------------
 
