@@ -152,9 +152,44 @@ async def publish_for(url: str, channels: list[str], seconds: float) -> dict[str
     }
 
 
+async def stream_memory(url: str, depth: int = 1000, payload: int = 200) -> dict[str, Any]:
+    """Bytes Redis holds for one channel with ``depth`` entries of ``payload`` bytes (MEMORY USAGE)."""
+    import redis.asyncio as aioredis
+
+    from broker_adapters import open_broker
+    from broker_adapters.base import NullListener
+
+    broker = open_broker(url + f"?history_size={depth}")
+    await broker.start(NullListener())
+    data = json.dumps({"p": "x" * (payload - 8)})
+    try:
+        for _ in range(depth):
+            await broker.publish("bench.memory", data)
+    finally:
+        await broker.close()
+    client = aioredis.Redis.from_url(url)
+    try:
+        stream = await client.memory_usage("fanline:{bench.memory}:stream", samples=0) or 0
+        meta = await client.memory_usage("fanline:{bench.memory}:meta", samples=0) or 0
+    finally:
+        await client.aclose()
+    return {
+        "depth": depth,
+        "payload_bytes": len(data),
+        "stream_bytes": stream,
+        "meta_bytes": meta,
+        "bytes_per_entry": stream / depth,
+        "overhead_per_entry": stream / depth - len(data),
+    }
+
+
 async def run_broker(name: str, broker: Any, args: argparse.Namespace) -> dict[str, Any]:
     channels = [f"bench.c{i}" for i in range(args.publishers)]
     out: dict[str, Any] = {"broker": name, "processes": len(broker.pids)}
+    if isinstance(broker, Standalone):
+        out["memory"] = await stream_memory(broker.url())
+        log(f"{name} memory: {out['memory']['bytes_per_entry']:.0f} bytes per history entry of"
+            f" {out['memory']['payload_bytes']} bytes, meta hash {out['memory']['meta_bytes']} bytes")
     # 1. publish alone
     cpu0 = sum(process_cpu(p) for p in broker.pids)
     client0 = time.process_time()
