@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -223,9 +224,13 @@ async def run_broker(name: str, broker: Any, args: argparse.Namespace) -> dict[s
         # when clients is a multiple of publishers).
         per_channel = statistics.fmean(subscribers.values())
         expected = int(round(e2e["published"] * per_channel))
-        deadline = time.monotonic() + 30
-        while totals.events - base < expected and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        arrived = asyncio.Event()
+        totals.wake_at = base + expected
+        totals.on_wake = arrived.set
+        if totals.events - base < expected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), 30)
+        totals.on_wake = None
         wall = e2e["seconds"]
         delivered = totals.events - base
         node_cpu = sum(n.cpu_seconds() for n in nodes) - node_cpu0
