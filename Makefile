@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: run test unit lint typecheck bench loadtest clean js browser
+.PHONY: run test test-long unit lint typecheck bench bench-cluster capacity loadtest clean js browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,11 @@ test: $(STAMP) js browser
 	$(BIN)/ruff check node broker_adapters tests loadtest
 	$(BIN)/mypy
 	cd $(JS) && FANLINE_PYTHON=$(abspath $(BIN)/python) npm test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not long"
+
+## test-long: what `make test` leaves out: whole-cluster broker restarts (about 2 minutes)
+test-long: $(STAMP)
+	$(BIN)/pytest -q -m long
 
 ## unit: the fast in-process tests only (pure modules, the hub on the embedded broker): seconds
 unit: $(STAMP)
@@ -55,6 +59,14 @@ unit: $(STAMP)
 ## bench: measure fan-out, latency and memory; writes loadtest/results/
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench
+
+## bench-cluster: one Redis against a 3-shard Redis Cluster through 3 nodes (about 2 minutes); writes loadtest/results/cluster-*
+bench-cluster: $(STAMP)
+	$(BIN)/python -m loadtest.cluster_bench
+
+## capacity: how many nodes, shards and memory a load needs (make capacity ARGS="--connections 1000000 ...")
+capacity: $(STAMP)
+	$(BIN)/python -m loadtest.capacity $(ARGS)
 
 ## loadtest: a short headless Locust run (about 30 s) against a local node
 loadtest: $(STAMP)

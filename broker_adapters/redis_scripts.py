@@ -59,20 +59,33 @@ class ChannelKeys:
 # KEYS[1] meta hash, KEYS[2] stream, KEYS[3] generation.
 # ARGV[1] live pub/sub channel, ARGV[2] data, ARGV[3] event type or "",
 # ARGV[4] history size (entries), ARGV[5] history ttl (ms), ARGV[6] meta ttl (ms),
-# ARGV[7] a fresh random generation ([A-Za-z0-9]{8}), used only if the data set has none.
+# ARGV[7] a fresh random generation ([A-Za-z0-9]{8}), used only if the data set has none,
+# ARGV[8] (optional) "cluster" on a Redis Cluster: SPUBLISH instead of PUBLISH, KEYS[3] is the
+# generation key of the channel's slot, and a channel last written by another node (a failover
+# or a slot migration since) starts a new epoch (docs/brokers/redis-cluster.md).
 # Returns {epoch, offset, time_ms, created (1 for a channel's first publication)}.
 PUBLISH_SCRIPT = """\
 local now = redis.call('TIME')
 local time_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local cluster = ARGV[8] == 'cluster'
+local writer = cluster and redis.call('CLUSTER', 'MYID') or ''
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local created = 0
+if epoch and cluster and redis.call('HGET', KEYS[1], 'w') ~= writer then
+  epoch = string.sub(redis.sha1hex(epoch .. ':' .. writer), 1, 16)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'w', writer)
+  redis.call('DEL', KEYS[2])
+end
 if not epoch then
   redis.call('SET', KEYS[3], ARGV[7], 'NX')
   local period = tonumber(ARGV[6])
   local phase = tonumber(string.sub(redis.sha1hex(KEYS[1]), 1, 8), 16) % period
   local index = string.format('%d', math.floor((time_ms + phase) / period))
-  epoch = string.sub(redis.sha1hex(redis.call('GET', KEYS[3]) .. ':' .. KEYS[1] .. ':' .. index), 1, 16)
+  local generation = redis.call('GET', KEYS[3])
+  if cluster then generation = generation .. '@' .. writer end
+  epoch = string.sub(redis.sha1hex(generation .. ':' .. KEYS[1] .. ':' .. index), 1, 16)
   redis.call('HSET', KEYS[1], 'epoch', epoch)
+  if cluster then redis.call('HSET', KEYS[1], 'w', writer) end
   redis.call('DEL', KEYS[2])
   created = 1
 end
@@ -85,14 +98,16 @@ else
   redis.call('DEL', KEYS[2])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[1], '1:' .. epoch .. ':' .. offset .. ':' .. time_ms .. ':' .. ARGV[3] .. '\\n' .. ARGV[2])
+local payload = '1:' .. epoch .. ':' .. offset .. ':' .. time_ms .. ':' .. ARGV[3] .. '\\n' .. ARGV[2]
+redis.call(cluster and 'SPUBLISH' or 'PUBLISH', ARGV[1], payload)
 return {epoch, offset, time_ms, created}
 """
 
 # KEYS[1] meta hash, KEYS[2] stream, KEYS[3] generation.
 # ARGV[1] a fresh random generation, used only if the data set has none,
 # ARGV[2] since (offset; -1 asks for the top only), ARGV[3] limit,
-# ARGV[4] history size, ARGV[5] history ttl (ms), ARGV[6] meta ttl (ms).
+# ARGV[4] history size, ARGV[5] history ttl (ms), ARGV[6] meta ttl (ms),
+# ARGV[7] (optional) "cluster", as ARGV[8] of the publish script.
 # Returns {epoch, top_offset, complete (0/1), packed entries}: the
 # publications after `since`, oldest first, without the ones older than the
 # ttl, packed as described in the script.
@@ -100,7 +115,15 @@ HISTORY_SCRIPT = """\
 local since = tonumber(ARGV[2])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local cluster = ARGV[7] == 'cluster'
+local writer = cluster and redis.call('CLUSTER', 'MYID') or ''
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and cluster and redis.call('HGET', KEYS[1], 'w') ~= writer then
+  -- Written last by another node: the same rule as the publish script.
+  epoch = string.sub(redis.sha1hex(epoch .. ':' .. writer), 1, 16)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'w', writer)
+  redis.call('DEL', KEYS[2])
+end
 if not epoch then
   -- No stream: nothing is stored for the channel; its first publication
   -- would create it now in this epoch (the same rule as the publish script).
@@ -108,7 +131,9 @@ if not epoch then
   local period = tonumber(ARGV[6])
   local phase = tonumber(string.sub(redis.sha1hex(KEYS[1]), 1, 8), 16) % period
   local index = string.format('%d', math.floor((now_ms + phase) / period))
-  epoch = string.sub(redis.sha1hex(redis.call('GET', KEYS[3]) .. ':' .. KEYS[1] .. ':' .. index), 1, 16)
+  local generation = redis.call('GET', KEYS[3])
+  if cluster then generation = generation .. '@' .. writer end
+  epoch = string.sub(redis.sha1hex(generation .. ':' .. KEYS[1] .. ':' .. index), 1, 16)
   return {epoch, 0, since == 0 and 1 or 0, ''}
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])

@@ -20,6 +20,8 @@ ADAPTERS: dict[str, str] = {
     "memory": "broker_adapters.memory",
     "redis": "broker_adapters.redis",
     "rediss": "broker_adapters.redis",
+    "redis+cluster": "broker_adapters.redis_cluster",
+    "rediss+cluster": "broker_adapters.redis_cluster",
     "nats": "broker_adapters.nats",
     "tls": "broker_adapters.nats",
     "kafka": "broker_adapters.kafka",

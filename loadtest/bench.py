@@ -411,7 +411,8 @@ async def run_adapters(args: argparse.Namespace, results: dict[str, Any], notes:
     sys.path.insert(0, str(ROOT))
     from tests.servers import NETWORKED, server_class
 
-    for kind in NETWORKED:
+    # One server per broker here; the clusters have their own scenario (loadtest/cluster_bench.py).
+    for kind in (k for k in NETWORKED if k in ("redis", "nats", "kafka")):
         server_cls = server_class(kind)
         if server_cls is None:
             notes.append(f"{kind}: skipped, tests/servers/{kind}_server.py does not exist yet")

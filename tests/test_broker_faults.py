@@ -12,6 +12,10 @@ broker keeps its data across a crash.  A server class says so with a
 - nats: JetStream file storage survives a restart the same way;
 - kafka: the test broker keeps topics in memory, so a restart is a new
   stream: the correct outcome is an explicit ``reset`` with ``epoch_changed``.
+
+The clusters (redis_cluster, nats_cluster) are restarted whole here and keep
+their data; they run with ``make test-long``.  Losing one member of a cluster
+mid-stream is tests/test_broker_clusters.py, part of ``make test``.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ from broker_adapters.publisher import Publisher
 
 from .clients import WSClient
 from .processes import NodeProcess, http_status, wait_for
-from .servers import available_kinds, running
+from .servers import kind_params, running
 
 pytestmark = pytest.mark.slow
 
 RESTART_KEEPS_DATA = {"redis": True, "nats": True, "kafka": False}
 
 
-@pytest.fixture(scope="module", params=available_kinds(include_memory=False))
+@pytest.fixture(scope="module", params=kind_params(include_memory=False, long_clusters=True))
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
     with running(request.param) as instance:
         yield instance

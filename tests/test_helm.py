@@ -193,6 +193,17 @@ def test_lints_clean(values_file: Path | None) -> None:
         assert not problems and not report["errors"], report
 
 
+@pytest.mark.parametrize(
+    ("name", "scheme"), [("redis-cluster-values.yaml", "redis+cluster://"), ("nats-cluster-values.yaml", "nats://")]
+)
+def test_cluster_brokers_go_into_the_secret_with_every_seed(chart: Any, name: str, scheme: str) -> None:
+    values = load_values(CHART_DIR / "ci" / name)
+    secret = one(render(chart, values), "Secret")
+    url = base64.b64decode(secret["data"]["FANLINE_BROKER"]).decode() if "data" in secret else secret["stringData"]["FANLINE_BROKER"]
+    assert url == values["broker"]["url"] and url.startswith(scheme)
+    assert len(url.split("?")[0].split(",")) == 3  # several seeds: one dead node does not stop a start
+
+
 def test_example_values_scale_out_behind_a_proxy() -> None:
     names = {p.name for p in CI_VALUES}
     assert {"redis-values.yaml", "nats-values.yaml", "kafka-values.yaml"} <= names

@@ -48,6 +48,8 @@ async def brokers(server: Any) -> AsyncIterator[list[Broker]]:
 def stores(brokers: list[Broker], **settings: Any) -> list[PresenceStore]:
     found = [b.presence(PresenceSettings(**settings)) for b in brokers]
     if found[0] is None:
+        if brokers[0].kind == "redis_cluster":
+            pytest.skip("presence on a Redis Cluster is not built yet (docs/brokers/redis-cluster.md, known limits)")
         assert brokers[0].kind == "kafka", "only Kafka may lack a presence structure"
         pytest.skip("Kafka keeps presence in a separate store (presence_store); see docs/presence.md")
     if brokers[0] is brokers[1]:

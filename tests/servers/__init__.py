@@ -71,7 +71,9 @@ class MemoryServer:
         return "memory://" + (f"?{query}" if query else "")
 
 
-NETWORKED = ("redis", "nats", "kafka")
+NETWORKED = ("redis", "nats", "kafka", "redis_cluster", "nats_cluster")
+#: Multi-server brokers (a Redis Cluster of 3+3, a 3-server NATS cluster): slower to start and to fail.
+CLUSTERS = ("redis_cluster", "nats_cluster")
 
 
 def server_class(kind: str) -> type[Any] | None:
@@ -88,6 +90,15 @@ def server_class(kind: str) -> type[Any] | None:
 def available_kinds(include_memory: bool = True) -> list[str]:
     kinds = (["memory"] if include_memory else []) + list(NETWORKED)
     return [k for k in kinds if server_class(k) is not None]
+
+
+def kind_params(include_memory: bool = True, *, long_clusters: bool = False) -> list[Any]:
+    """:func:`available_kinds` as pytest params; with ``long_clusters``, the cluster kinds carry the
+    ``long`` marker, which ``make test`` leaves out (``make test-long`` runs them)."""
+    return [
+        pytest.param(kind, marks=pytest.mark.long) if long_clusters and kind in CLUSTERS else kind
+        for kind in available_kinds(include_memory)
+    ]
 
 
 @contextlib.contextmanager
