@@ -45,7 +45,6 @@ from aiokafka.client import AIOKafkaClient
 from .backoff import wait_until_set
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
 from .errors import UnknownBrokerURL
-from .kafka_incarnation import connections
 from .kafka_index import KeyIndex, KeyIndexes
 from .kafka_log import EVENT_HEADER, LATEST, LogReader, list_offsets, record_publication
 from .kafka_topic import KAFKA, Layout, Topic, partition_for
@@ -134,7 +133,6 @@ class KafkaBroker(Broker):
         self._live_reset = False
         self._available = False
         # The live consumer's connections when the layout was last checked.
-        self._checked_connections: tuple[Any, ...] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -260,7 +258,6 @@ class KafkaBroker(Broker):
         partition = partition_for(channel, layout.partitions)
         headers = [(EVENT_HEADER, event.encode())] if event else []
         producer = await self._producer_or_start()
-        before = topic.incarnation(producer)
         try:
             async with asyncio.timeout(self.options.timeout + 1):
                 result = await producer.send_and_wait(
@@ -275,7 +272,7 @@ class KafkaBroker(Broker):
             topic.refresh_soon()
             raise KAFKA.translate("publish", exc) from exc
         offset = int(result.offset)
-        layout = await topic.stamp(producer, before, layout)
+        await topic.confirm("producer", producer, layout, "publish")
         if offset <= self._produced.get(partition, -1):
             # Offsets only grow within one incarnation of a partition: this
             # one either is another incarnation, or hands out offsets twice.
@@ -314,7 +311,6 @@ class KafkaBroker(Broker):
         # topic is never read under the old epoch.
         layout = await topic.refresh()
         reader = self._log_reader()
-        seen = topic.incarnation(reader.reader)
         partition = partition_for(channel, layout.partitions)
         epoch = layout.epoch(channel)
         tp = TopicPartition(self.options.topic, partition)
@@ -330,11 +326,11 @@ class KafkaBroker(Broker):
                     history = History(top=Position(epoch, since), complete=True)
                 else:
                     history = History(top=Position(epoch, index.base), complete=since is None)
-                topic.check(seen, reader.reader, "history read")
+                await topic.confirm("reader", reader.reader, layout, "history read")
                 return history
             top = Position(epoch, last + 1)
             if since is None or since >= top.offset:
-                topic.check(seen, reader.reader, "history read")
+                await topic.confirm("reader", reader.reader, layout, "history read")
                 return History(top=top, complete=True)
             if since < log_start or end - since > self.options.scan_limit:
                 # Records after the position are gone from the log, or too
@@ -345,7 +341,7 @@ class KafkaBroker(Broker):
             # a top the read does not reach would claim records it never
             # returned (issue 10: a resume skipped the record after the replay).
             history = await reader.read_range(tp, epoch, channel, since, top.offset, limit, top)
-        topic.check(seen, reader.reader, "history read")
+            await topic.confirm("reader", reader.reader, layout, "history read")
         return history
 
     async def _index(
@@ -446,16 +442,17 @@ class KafkaBroker(Broker):
         since the layout was last checked, the layout is checked again
         before anything of the batch is delivered.
         """
-        current = connections(live)
-        if current is None or current != self._checked_connections:
-            try:
-                await self._topic.refresh()
-            except BrokerError:
-                # Unverifiable: fetch these records again later.
-                self._rewind(live, batches)
-                await asyncio.sleep(0.2)
-                return None
-            self._checked_connections = current
+        layout = self._topic.layout
+        try:
+            if layout is None:
+                raise BrokerUnavailable("kafka topic not known yet")
+            await self._topic.confirm("live", live, layout, "live fetch")
+        except BrokerError:
+            # Unverifiable, or another incarnation: fetch these records again
+            # later (a changed topic also resets live delivery and resyncs).
+            self._rewind(live, batches)
+            await asyncio.sleep(0.2)
+            return None
         if self._live_reset:
             # Positions are about to be reset and history re-read; records
             # fetched from the old positions are covered by that.

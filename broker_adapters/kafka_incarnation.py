@@ -6,7 +6,8 @@ with the epoch of the incarnation that holds it, or one event id would name
 two publications.  Kafka says nothing of incarnations in a produce or fetch
 answer, but a restart breaks every connection: so an answer is trusted only
 if it came over the very connections that were open when the topic's
-identity was last checked (broker_adapters/kafka_topic.py does the checks).
+identity was last confirmed, or that a metadata request started after it
+names the same topic (broker_adapters/kafka_topic.py, ``Topic.confirm``).
 
 aiokafka has no public "reconnected" signal, so :func:`connections` reads a
 client's connection table; if that ever changes shape, it answers None and
@@ -19,10 +20,6 @@ from typing import Any
 
 from aiokafka.client import AIOKafkaClient
 
-#: The open connections of the admin client and of one producer or consumer,
-#: compared by identity; None when unknown.
-Incarnation = tuple[Any, ...] | None
-
 
 def connections(owner: object) -> tuple[Any, ...] | None:
     """The open broker connections of a client, consumer or producer, compared by identity."""
@@ -33,21 +30,6 @@ def connections(owner: object) -> tuple[Any, ...] | None:
     if not isinstance(conns, dict):
         return None
     return tuple(_Same(conn) for conn in conns.values())
-
-
-def incarnation(admin: object, client: object) -> Incarnation:
-    """Identity of the admin connections and ``client``'s, or None if unknown."""
-    first, second = connections(admin), connections(client)
-    if first is None or second is None:
-        return None
-    return (first, second)
-
-
-def survives(old: Incarnation, new: Incarnation) -> bool:
-    """Every connection of ``old`` is still open in ``new`` (new ones may have been added)."""
-    if old is None or new is None:
-        return False
-    return all(set(before) <= set(now) for before, now in zip(old, new, strict=True))
 
 
 class _Same:

@@ -19,7 +19,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import errors as kafka_errors
 from aiokafka.client import AIOKafkaClient
@@ -27,7 +27,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.protocol.admin import CreateTopicsRequest
 
 from .errors import BrokerError, BrokerUnavailable
-from .kafka_incarnation import Incarnation, incarnation, survives
+from .kafka_incarnation import connections
 from .kafka_metadata import UNKNOWN_TOPIC_OR_PARTITION, TopicMetadataRequest, parse_metadata
 from .library_errors import LibraryErrors
 from .tasks import TaskSet
@@ -89,9 +89,9 @@ class Topic:
         # reconnecting to an empty broker would otherwise write into a topic
         # that does not exist yet (Tansu accepts such writes; see the docs).
         self._verified = False
-        # Admin and producer connections as they were when the layout was last
-        # verified after a publish (see stamp).
-        self._verified_incarnation: Incarnation = None
+        # Per kind of client (producer, reader, live consumer): its
+        # connections when an answer over them was last confirmed (see confirm).
+        self._confirmed: dict[str, tuple[Any, ...]] = {}
         self._refreshing: asyncio.Future[Layout] | None = None
 
     # -- the layout ------------------------------------------------------------------
@@ -107,6 +107,17 @@ class Topic:
             task.add_done_callback(self._refresh_done)
             pending = self._refreshing = task
         return await asyncio.shield(pending)
+
+    async def fresh(self) -> Layout:
+        """The topic's identity from a request that starts now, not shared with one in flight.
+
+        A request already in flight may have been answered by a broker that
+        restarted since; confirming an answer needs one that started after it.
+        """
+        layout = await self._fetch()
+        self._adopt(layout)
+        self._verified = True
+        return layout
 
     async def current(self) -> Layout:
         """The layout, refreshed first if anything suggested it may have changed."""
@@ -142,7 +153,7 @@ class Topic:
                 },
             )
         self.layout = layout
-        self._verified_incarnation = None
+        self._confirmed.clear()
         self._on_change(layout, replaced)
 
     async def _fetch(self) -> Layout:
@@ -192,42 +203,26 @@ class Topic:
 
     # -- incarnations ----------------------------------------------------------------
 
-    def incarnation(self, client: object) -> Incarnation:
-        """Identity of the admin connections and ``client``'s, or None if unknown."""
-        return incarnation(self.client, client)
+    async def confirm(self, role: str, client: object, layout: Layout, what: str) -> None:
+        """An answer (``what``) just came from ``client``: make sure ``layout`` names its incarnation.
 
-    def check(self, seen: Incarnation, client: object, what: str) -> None:
-        """Refuse an answer if ``client``'s connections changed since ``seen``."""
-        if not survives(seen, self.incarnation(client)):
-            self.refresh_soon()
-            raise BrokerUnavailable(f"kafka connections changed during a {what}; try again")
-
-    async def stamp(self, producer: object, before: Incarnation, layout: Layout) -> Layout:
-        """The layout a just-acknowledged record belongs to.
-
-        If the producer's connections are those it had when the layout was
-        verified, that layout.  If the producer reconnected before this send,
-        the record went to whatever answers now: check the topic again, and
-        keep the layout only if the topic is the very one the send started
-        with.  A topic that changed identity across the send (a broker that
-        restarted empty, and the topic recreated after our record landed in
-        a partition that no longer exists) cannot name the record: its
-        offsets start again and would be handed out twice.  If the topic
-        changed, or the producer reconnected during the send, nobody can say
-        where the record went, and an unknown outcome is what the caller
-        must hear (a publish that failed with broker_unavailable may or may
-        not have been stored).
+        A record must carry the epoch of the topic incarnation that holds it,
+        or one event id would name two publications.  Kafka says nothing of
+        incarnations in a produce or fetch answer, but a broker restart breaks
+        every connection.  So the answer is taken as it is when ``client``'s
+        connections are exactly those that a previous confirmation saw;
+        otherwise a metadata request that starts now, after the answer, must
+        name the same topic, and ``client`` must not reconnect meanwhile.  A
+        topic that changed identity (a broker that restarted empty; the topic
+        recreated after a record landed in a partition that no longer
+        exists) cannot name the answer: raises BrokerUnavailable, the
+        outcome unknown (issue 10, bug 4).
         """
-        after = self.incarnation(producer)
-        if after is not None and after == self._verified_incarnation:
-            return layout
-        if not survives(before, after):
+        now = connections(client)
+        if now is not None and now == self._confirmed.get(role) and layout == self.layout:
+            return
+        checked = await self.fresh()
+        if now is None or checked != layout or connections(client) != now:
             self.refresh_soon()
-            raise BrokerUnavailable("kafka connection changed while publishing; the outcome is unknown")
-        checked = await self.refresh()
-        now = self.incarnation(producer)
-        if not survives(after, now) or checked != layout:
-            self.refresh_soon()
-            raise BrokerUnavailable("kafka topic changed while publishing; the outcome is unknown")
-        self._verified_incarnation = now
-        return checked
+            raise BrokerUnavailable(f"kafka topic or connection changed during a {what}; the outcome is unknown")
+        self._confirmed[role] = now
