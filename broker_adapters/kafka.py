@@ -45,6 +45,7 @@ from aiokafka.client import AIOKafkaClient
 from .backoff import wait_until_set
 from .base import Broker, BrokerError, BrokerListener, BrokerUnavailable, NullListener
 from .errors import UnknownBrokerURL
+from .kafka_holes import Holes
 from .kafka_index import KeyIndex, KeyIndexes
 from .kafka_log import EVENT_HEADER, LATEST, LogReader, list_offsets, record_publication
 from .kafka_topic import KAFKA, Layout, Topic, partition_for
@@ -59,6 +60,9 @@ log = logging.getLogger("fanline.broker.kafka")
 # A producer in one of these states fails every later send until it is
 # recreated (aiokafka #1017): the broker lost its producer state, or the
 # sequence numbers went out of step after a broker restart.
+# How long the live loop waits before it fetches again from a hole.
+_HOLE_POLL = 0.02
+
 _FATAL_PRODUCER_ERRORS: tuple[type[BaseException], ...] = (
     kafka_errors.OutOfOrderSequenceNumber,
     kafka_errors.UnknownProducerId,
@@ -85,6 +89,9 @@ class KafkaOptions:
     scan_limit: int = 200_000
     index_keys: int = 200_000
     check_interval: float = 1.0
+    # Seconds a reader waits for a record to appear in a hole of a partition's
+    # offsets before it takes the hole as real (broker_adapters/kafka_holes.py).
+    hole_wait: float = 0.25
 
     def __post_init__(self) -> None:
         if self.partitions < 1 or self.replication_factor < 1:
@@ -93,6 +100,8 @@ class KafkaOptions:
             raise ValueError("history_size must be >= 0; history_ttl, timeout and scan_limit > 0")
         if self.index_keys < 1 or self.check_interval <= 0 or not self.topic:
             raise ValueError("index_keys and check_interval must be positive, topic non-empty")
+        if not 0 <= self.hole_wait <= 10:
+            raise ValueError("hole_wait must be between 0 and 10 seconds")
 
 
 class KafkaBroker(Broker):
@@ -126,6 +135,8 @@ class KafkaBroker(Broker):
         self._assign_lock = asyncio.Lock()
         # partition -> next offset the live consumer will hand us.
         self._next: dict[int, int] = {}
+        # Holes in the offsets the live consumer met (see kafka_holes).
+        self._holes = Holes(self.options.hole_wait)
         self._assigned = asyncio.Event()
         # Set when live positions can no longer be trusted (out of range,
         # a new topic): the watchdog then re-reads every partition from its
@@ -178,7 +189,7 @@ class KafkaBroker(Broker):
         self._live = self._new_consumer("fanline-live")
         await self._live.start()
         self._producer = await self._start_producer()
-        self._log = LogReader(client, reader, self.options)
+        self._log = LogReader(client, reader, self.options, Holes(self.options.hole_wait))
 
     async def close(self) -> None:
         await self._tasks.cancel_all()
@@ -429,8 +440,15 @@ class KafkaBroker(Broker):
             layout = await self._layout_for_batch(live, batches)
             if layout is None:
                 continue
+            waiting = False
             for tp, records in batches.items():
-                self._deliver(layout, tp.partition, records)
+                hole = self._deliver(layout, tp.partition, records)
+                if hole is not None:
+                    with contextlib.suppress(kafka_errors.IllegalStateError):
+                        live.seek(tp, hole)
+                    waiting = True
+            if waiting:
+                await asyncio.sleep(_HOLE_POLL)
 
     async def _layout_for_batch(self, live: AIOKafkaConsumer, batches: dict[Any, Any]) -> Layout | None:
         """The layout to stamp a fetched batch with, or None to drop it.
@@ -466,15 +484,23 @@ class KafkaBroker(Broker):
                 with contextlib.suppress(kafka_errors.IllegalStateError):
                     live.seek(tp, offset)
 
-    def _deliver(self, layout: Layout, partition: int, records: Iterable[Any]) -> None:
+    def _deliver(self, layout: Layout, partition: int, records: Iterable[Any]) -> int | None:
+        """Hand a fetched batch to the listener; the offset to fetch again from, if it met a hole."""
         expected = self._next.get(partition)
         if expected is None:
-            return  # unassigned while the batch was in flight
+            return None  # unassigned while the batch was in flight
         index = self._indexes.valid(partition, layout.stream(partition))
+        holes = self._holes
         for record in records:
             offset = int(record.offset)
             if offset < expected:
                 continue  # fetched again after a reassignment
+            if offset > expected and holes.wait_for(partition, expected):
+                # A record may still appear there (see kafka_holes): stop
+                # before the hole and fetch again from it.
+                self._next[partition] = expected
+                return expected
+            holes.filled(partition, expected)
             channel = None if record.key is None else record.key.decode("utf-8", errors="replace")
             if index is not None:
                 index.follow(channel, offset, expected)
@@ -482,6 +508,7 @@ class KafkaBroker(Broker):
             if channel is not None and channel in self._channels:
                 self._listener.on_publication(record_publication(record, layout.epoch(channel), channel))
         self._next[partition] = expected
+        return None
 
     async def _watch(self) -> None:
         """Notice a lost or restored broker and a recreated topic; repair live delivery."""

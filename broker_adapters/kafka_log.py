@@ -24,6 +24,7 @@ from aiokafka.protocol.offset import OffsetRequest
 
 from .errors import BrokerUnavailable
 from .foreign import stored_publication
+from .kafka_holes import Holes
 from .kafka_topic import KAFKA
 from .types import History, Position, Publication
 
@@ -76,10 +77,11 @@ async def list_offsets(
 class LogReader:
     """Scans of the topic's partitions with one reader consumer; callers hold :attr:`lock`."""
 
-    def __init__(self, client: AIOKafkaClient, reader: AIOKafkaConsumer, options: KafkaOptions) -> None:
+    def __init__(self, client: AIOKafkaClient, reader: AIOKafkaConsumer, options: KafkaOptions, holes: Holes) -> None:
         self.client = client
         self.reader = reader
         self.options = options
+        self.holes = holes
         # The reader has one assignment at a time.
         self.lock = asyncio.Lock()
 
@@ -143,12 +145,23 @@ class LogReader:
         for _ in range(self.options.scan_limit):
             batch = await reader.getmany(tp, timeout_ms=int(self.options.timeout * 1000), max_records=2000)
             records = batch.get(tp, ())
+            hole = None
             for record in records:
                 if record.offset >= stop:
                     return
-                if record.offset >= position:
-                    visit(record)
-            position = int(await reader.position(tp))
+                if record.offset < position:
+                    continue
+                if record.offset > position and self.holes.wait_for(tp.partition, position):
+                    hole = position  # a record may still appear there: read again from it
+                    break
+                self.holes.filled(tp.partition, position)
+                visit(record)
+                position = record.offset + 1
+            if hole is not None:
+                reader.seek(tp, hole)
+                await asyncio.sleep(0.02)
+                continue
+            position = max(position, int(await reader.position(tp)))
             if position >= stop:
                 return
             highwater = reader.highwater(tp)
