@@ -14,8 +14,11 @@ latency once each; out-of-order visibility costs nothing more than the wait.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+
+log = logging.getLogger("fanline.broker.kafka")
 
 # Holes remembered at once; a reader meets very few, and forgetting one only
 # means waiting for it again.
@@ -47,6 +50,10 @@ class Holes:
             return True
         del self._first[key]
         self.accepted += 1
+        log.info(
+            "kafka: a hole in a partition's offsets taken as real",
+            extra={"partition": partition, "offset": offset, "waited": round(now - first, 3)},
+        )
         return False
 
     def filled(self, partition: int, offset: int) -> None:
