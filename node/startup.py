@@ -18,9 +18,10 @@ import json
 import socket
 
 from broker_adapters import UnknownBrokerURL
+from broker_adapters.errors import ConfigError
 
 from .auth import load_public_key
-from .settings import Settings, SettingsError
+from .settings import Settings
 
 
 class ExitStatus(enum.IntEnum):
@@ -71,7 +72,7 @@ def configuration_error(exc: BaseException) -> StartupError | None:
     """The one-line reason for an error raised while a node is built from its settings; None for anything else."""
     if isinstance(exc, UnknownBrokerURL):
         return StartupError(f"{flag('broker')}: {exc}")
-    if isinstance(exc, SettingsError):
+    if isinstance(exc, ConfigError):  # SettingsError, the channel rules
         return StartupError(str(exc))
     return None
 
