@@ -13,6 +13,7 @@ import pytest
 
 import broker_adapters
 import node
+from broker_adapters import registry
 from node.settings import Settings, SettingsError
 
 from .clients import WSClient
@@ -179,13 +180,13 @@ def test_a_missing_broker_client_names_its_extra(scheme: str, client: str, extra
 
 
 def test_only_the_broker_client_itself_counts_as_a_missing_extra() -> None:
-    kafka = broker_adapters.ADAPTERS["kafka"]
-    error = broker_adapters.missing_client("kafka", kafka, "aiokafka.protocol")
+    kafka = registry.ADAPTERS["kafka"]
+    error = registry.missing_client("kafka", kafka, "aiokafka.protocol")
     assert isinstance(error, broker_adapters.MissingBrokerClient) and "fanline[kafka]" in str(error)
     # A dependency of the client, or of anything else, is a broken install: not translated.
-    assert broker_adapters.missing_client("kafka", kafka, "async_timeout") is None
-    assert broker_adapters.missing_client("memory", broker_adapters.ADAPTERS["memory"], "redis") is None
-    assert {a.extra for a in broker_adapters.ADAPTERS.values()} == {None, "redis", "nats", "kafka"}
+    assert registry.missing_client("kafka", kafka, "async_timeout") is None
+    assert registry.missing_client("memory", registry.ADAPTERS["memory"], "redis") is None
+    assert {a.extra for a in registry.ADAPTERS.values()} == {None, "redis", "nats", "kafka"}
 
 
 async def test_a_node_without_uvloop_runs_on_asyncio(channel: str) -> None:
@@ -212,7 +213,7 @@ def test_a_node_waits_for_a_broker_that_is_down_at_start() -> None:
     try:
         waiting.start(wait_ready=False)
         assert http_status(waiting.url + "/readyz") == 503
-        reason = f"cannot connect to NATS at 127.0.0.1:{server.port}: ConnectionRefusedError"
+        reason = f"NATS connection to 127.0.0.1:{server.port} failed: ConnectionRefusedError"
         wait_for(lambda: reason in waiting.log(), what="the broker-down line")
         assert "Connection refused" in waiting.log() and "Traceback" not in waiting.log()
         server.start()
