@@ -23,7 +23,8 @@ COPY docker/*.lock docker/
 RUN python -m venv /opt/build \
  && /opt/build/bin/pip install --require-hashes --no-deps -r docker/build-requirements.lock
 # The image's venv never gets pip: the build venv's pip installs into it. Every
-# dependency is pinned and hash-checked (docker/lock.sh regenerates the locks).
+# dependency is pinned and hash-checked (docker/lock.sh regenerates the locks),
+# every broker client included (fanline[all]): the chart serves any broker URL.
 RUN python -m venv --without-pip /opt/fanline \
  && /opt/build/bin/pip --python /opt/fanline/bin/python install --require-hashes --no-deps \
     -r "docker/requirements${EXTRAS:+-$EXTRAS}.lock"

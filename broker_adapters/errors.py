@@ -8,6 +8,7 @@ clients and operators (node/errors.py draws the whole tree)::
     │   └── BrokerUnavailable       it cannot be reached now; safe to retry later
     ├── ConfigError                 a setting or URL outside what it accepts (also a ValueError)
     │   └── UnknownBrokerURL        a URL no adapter handles, or with wrong options
+    │       └── MissingBrokerClient the URL's broker client is not installed (names the extra)
     └── InvalidInput                a value outside the documented form (also a ValueError)
         ├── InvalidChannel
         ├── InvalidEventId
@@ -36,6 +37,10 @@ class ConfigError(FanlineError, ValueError):
 
 class UnknownBrokerURL(ConfigError):
     """A broker URL whose scheme no adapter handles, or whose options are wrong."""
+
+
+class MissingBrokerClient(UnknownBrokerURL):
+    """The URL's broker needs a client library that is not installed; the message names the pip extra."""
 
 
 class InvalidInput(FanlineError, ValueError):

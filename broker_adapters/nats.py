@@ -36,6 +36,7 @@ import random
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -86,6 +87,36 @@ _PUBLISH_ATTEMPTS = 4
 # How many channels' last sequences a node remembers to publish without a
 # first failed attempt.
 _LAST_SEQ_CACHE = 65536
+# While NATS is down, the client reports a failed attempt every
+# reconnect_wait: log the first one of each kind, then one line per interval
+# with the number held back.
+_ERROR_LOG_INTERVAL = 30.0
+
+
+def _describe(exc: BaseException) -> str:
+    """``ConnectionRefusedError: [Errno 111] Connection refused``; the type alone when there is no text."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _ErrorLogThrottle:
+    """At most one line per kind of error per interval; counts what it held back."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, kind: str) -> int | None:
+        """None to stay quiet; otherwise log, with the number of lines held back since the last one."""
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._held[kind] = self._held.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._held.pop(kind, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +199,9 @@ class NatsBroker(Broker):
         self._publish_locks = KeyedLocks()
         self._tasks = TaskSet()
         self._refreshing: asyncio.Task[None] | None = None
+        # The client's latest connection error: the real cause when a connect times out.
+        self._last_error: BaseException | None = None
+        self._error_log = _ErrorLogThrottle(_ERROR_LOG_INTERVAL)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -175,6 +209,7 @@ class NatsBroker(Broker):
         if self._nc is not None:
             return
         self._listener = listener
+        self._last_error = None
         nc = Client()
         options = self.options
         try:
@@ -194,9 +229,15 @@ class NatsBroker(Broker):
                         reconnected_cb=self._on_reconnected,
                         reconnect_to_server_handler=self._pick_server,
                     )
-        except BrokerUnavailable:
+        except BrokerUnavailable as exc:
             await self._close_client(nc)
-            raise
+            if self._last_error is None:
+                raise
+            # The client retries inside connect() until our timeout; the
+            # error it last reported says why (e.g. connection refused).
+            raise BrokerUnavailable(
+                f"NATS connection to {self._where()} failed: {_describe(self._last_error)}"
+            ) from exc
         self._nc = nc
         self._js = nc.jetstream(timeout=options.timeout)
         try:
@@ -222,7 +263,13 @@ class NatsBroker(Broker):
             await nc.close()
 
     def _where(self) -> str:
-        return ", ".join(urlsplit(s).hostname or "?" for s in self.servers)
+        """``host:port`` of every configured server."""
+        where = []
+        for server in self.servers:
+            parts = urlsplit(server)
+            host = parts.hostname or "127.0.0.1"
+            where.append(f"{f'[{host}]' if ':' in host else host}:{parts.port or 4222}")
+        return ", ".join(where)
 
     def _client(self) -> tuple[Client, JetStreamContext]:
         if self._nc is None or self._js is None:
@@ -254,10 +301,19 @@ class NatsBroker(Broker):
             if channel is not None:
                 self._listener.on_resync([channel])
             return
-        log.warning("NATS connection error", extra={"error": f"{type(exc).__name__}: {exc}"})
+        self._last_error = exc
+        if self._nc is None:
+            return  # still in start(): its exception carries the cause
+        held = self._error_log.allow(type(exc).__name__)
+        if held is not None:
+            log.warning(
+                "NATS connection error",
+                extra={"error": _describe(exc), "servers": self._where(), "suppressed_since_last": held},
+            )
 
     async def _on_disconnected(self) -> None:
-        log.warning("NATS disconnected")
+        if self._nc is not None:  # not a failed first connect, which start() reports
+            log.warning("NATS disconnected", extra={"servers": self._where()})
         self._listener.on_availability(False)
 
     async def _on_reconnected(self) -> None:

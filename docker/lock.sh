@@ -22,6 +22,10 @@ compile() {
     "$venv/bin/pip-compile" --quiet --generate-hashes --allow-unsafe --strip-extras \
         --index-url https://pypi.org/simple --no-emit-index-url --no-emit-find-links "$@"
 }
-compile ${1:-} --output-file docker/requirements.lock pyproject.toml
-compile ${1:-} --extra kubernetes --output-file docker/requirements-kubernetes.lock pyproject.toml
+# The image carries every broker client (what fanline[all] installs): one image
+# serves any broker URL.  The extras are named one by one because [all] refers
+# to the package itself, which pip-compile would pin as a local path.
+brokers="--extra redis --extra nats --extra kafka"
+compile ${1:-} $brokers --output-file docker/requirements.lock pyproject.toml
+compile ${1:-} $brokers --extra kubernetes --output-file docker/requirements-kubernetes.lock pyproject.toml
 compile ${1:-} --output-file docker/build-requirements.lock docker/build-requirements.in

@@ -17,18 +17,27 @@ Options (each also an environment variable; see loadtest/README.md):
 ``--fanline-broker`` (FANLINE_BROKER)           publish straight to this broker URL instead of the HTTP API
 ``--fanline-offset-skips``                       the broker's offsets may skip (NATS, Kafka): no gap check
 ``--fanline-results`` (FANLINE_RESULTS)         where to write the raw histograms, default
-                                                 loadtest/results/latency-<timestamp>.json
+                                                 <temp dir>/fanline-loadtest/latency-<timestamp>.json
 
 Every publication's data carries ``{"t": <unix time at send>}``; receivers
 subtract it from their own clock, so run publishers and subscribers on hosts
 with synchronised clocks (or on one host).
+
+Distributed runs (``--processes N``, or ``--master`` with ``--worker``s): each
+worker attaches its measurements to Locust's own stats reports as it goes,
+and the master waits (bounded) for every worker's final report before it
+writes the results; see :mod:`loadtest.merge`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
+import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -38,14 +47,30 @@ import requests
 import websocket
 from locust import HttpUser, User, between, constant_throughput, events, task
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
-from loadtest.stream_checks import Report, StreamProblem, StreamTracker
+if importlib.util.find_spec("loadtest") is None:
+    # Locust puts only this file's own directory on sys.path; the package
+    # (and broker_adapters, for --fanline-broker) live in its parent.  This
+    # makes ``locust -f /path/to/loadtest/locustfile.py`` work from anywhere.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from loadtest.merge import PART_KEY, Merge, worker_part  # noqa: E402
+from loadtest.stream_checks import Report, StreamProblem, StreamTracker  # noqa: E402
 
-# One report per Locust process; workers send theirs to the master at stop.
+# Outside any source tree: a run leaves no files in the repository, and a
+# locustfile mounted read-only (a Kubernetes ConfigMap) still has somewhere
+# to write.  TMPDIR moves it; --fanline-results names the file.
+RESULTS = Path(tempfile.gettempdir()) / "fanline-loadtest"
+
+# What this process measured.  A worker hands it over with each stats report
+# and starts a fresh one (see _attach_report).
 REPORT = Report()
+
+# Custom message: the master asks the workers to stop and send a final report.
+FINAL_REPORT = "fanline_final_report"
+# Longest wait for the workers' final reports, on top of --stop-timeout.
+FINAL_REPORT_GRACE = 15.0
 
 
 @events.init_command_line_parser.add_listener
@@ -66,7 +91,8 @@ def _options(parser: Any) -> None:
     group.add_argument("--fanline-offset-skips", env_var="FANLINE_OFFSET_SKIPS", action="store_true", default=False,
                        help="The broker's offsets may skip (NATS, Kafka): only duplicates and resets are failures")
     group.add_argument("--fanline-results", env_var="FANLINE_RESULTS", default="",
-                       help="Path of the raw latency histogram JSON written at test stop")
+                       help="Path of the raw latency histogram JSON written at test stop "
+                            "(default: <temp dir>/fanline-loadtest/latency-<timestamp>.json)")
 
 
 @events.init.add_listener
@@ -75,8 +101,9 @@ def _init(environment: Environment, **_: Any) -> None:
     if options is not None:
         PublisherUser.fixed_count = max(0, options.fanline_publishers)
     runner = environment.runner
-    if isinstance(runner, MasterRunner):
-        runner.register_message("fanline_report", _merge_worker_report)
+    if isinstance(runner, WorkerRunner):
+        # Concurrent: stopping the users must not block the message loop.
+        runner.register_message(FINAL_REPORT, _stop_and_report, concurrent=True)
 
 
 def _options_of(user: User) -> Any:
@@ -397,45 +424,117 @@ class PublisherUser(HttpUser):
         _fire(self.environment, "BROKER", "publish", (time.perf_counter() - started) * 1000)
 
 
-# -- raw histograms at test stop ------------------------------------------------------------------
+# -- raw histograms: merged as the run goes, written at test stop ----------------------------------
 
-_merged = Report()
-_results_path: Path | None = None
-
-
-def _write(environment: Environment, report: Report) -> None:
-    global _results_path
-    if _results_path is None:
-        options = environment.parsed_options
-        chosen = getattr(options, "fanline_results", "") if options is not None else ""
-        _results_path = Path(chosen) if chosen else RESULTS / f"latency-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    _results_path.parent.mkdir(parents=True, exist_ok=True)
-    _results_path.write_text(report.dumps())
+_merge = Merge()
+# The stop token this worker has answered (None while its test runs).
+_answered: str | None = None
 
 
-def _merge_worker_report(environment: Environment, msg: Any, **_: Any) -> None:
-    # The master rewrites the file as each worker reports, so it ends complete.
-    _merged.merge(Report.from_json(msg.data))
-    _write(environment, _merged)
+@events.test_start.add_listener
+def _on_start(environment: Environment, **_: Any) -> None:
+    global REPORT, _merge, _answered
+    REPORT, _merge, _answered = Report(), Merge(), None
+
+
+@events.report_to_master.add_listener
+def _attach_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    """Worker: hand over what was measured since the last report (gevent does not switch inside this)."""
+    global REPORT
+    delta, REPORT = REPORT, Report()
+    data[PART_KEY] = worker_part(delta, _answered)
+
+
+@events.worker_report.add_listener
+def _merge_worker_report(client_id: str, data: dict[str, Any], **_: Any) -> None:
+    part = data.get(PART_KEY)
+    if part is not None:
+        _merge.add(client_id, part)
+
+
+def _stop_and_report(environment: Environment, msg: Any, **_: Any) -> None:
+    """Worker: stop the users, then send a report that answers the master's token."""
+    global _answered
+    runner = environment.runner
+    assert isinstance(runner, WorkerRunner)
+    runner.stop()
+    _answered = msg.data
+    # What Locust's own periodic reporter does, through its public API.
+    data: dict[str, Any] = {}
+    environment.events.report_to_master.fire(client_id=runner.client_id, data=data)
+    runner.send_message("stats", data)
+
+
+def _collect_final_reports(environment: Environment, runner: MasterRunner) -> list[str]:
+    """Master: ask every worker for its final report and wait, bounded, until all are in; return the missing."""
+    token = uuid.uuid4().hex
+    _merge.expect_final(token)
+    runner.send_message(FINAL_REPORT, token)
+    deadline = time.monotonic() + float(environment.stop_timeout or 0) + FINAL_REPORT_GRACE
+    while True:
+        # A worker that quit or stopped answering heartbeats is not waited for.
+        connected = [worker.id for worker in runner.clients.all if worker.state != STATE_MISSING]
+        pending = _merge.pending(connected)
+        if not pending or time.monotonic() >= deadline:
+            return sorted(pending)
+        gevent.sleep(0.1)
+
+
+def _locust_counts(environment: Environment) -> dict[str, dict[str, int]]:
+    """Locust's own request and failure counts per row, to set beside ours."""
+    return {
+        f"{entry.method} {entry.name}": {"requests": entry.num_requests, "failures": entry.num_failures}
+        for entry in environment.stats.entries.values()
+    }
+
+
+def _results_path(environment: Environment) -> Path:
+    options = environment.parsed_options
+    chosen = getattr(options, "fanline_results", "") if options is not None else ""
+    return Path(chosen) if chosen else RESULTS / f"latency-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def _write(environment: Environment, report: Report, workers: dict[str, Any] | None) -> Path:
+    missing = workers["missing"] if workers else []
+    content = {
+        **report.to_json(),
+        "complete": not missing,
+        "workers": workers,
+        "locust": _locust_counts(environment),
+    }
+    path = _results_path(environment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2) + "\n")
+    return path
+
+
+def _print_summary(report: Report, path: Path, missing: list[str]) -> None:
+    print(f"fanline: published {report.published}, received {report.received}, problems {report.problems or 'none'}")
+    for transport, histogram in report.histograms.items():
+        figures = histogram.summary()
+        print(
+            f"fanline: {transport} latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms,"
+            f" max {figures['max_ms']:.1f} ms over {figures['count']} events"
+        )
+    if missing:
+        print(f"fanline: INCOMPLETE, no final report from workers {', '.join(missing)}")
+    print(f"fanline: raw histograms in {path}")
 
 
 @events.test_stop.add_listener
 def _on_stop(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if isinstance(runner, WorkerRunner):
-        runner.send_message("fanline_report", REPORT.to_json())
-        return
+        return  # the master asks for the final report (_stop_and_report)
     if isinstance(runner, MasterRunner):
-        return
-    _write(environment, REPORT)
-    summary = {t: h.summary() for t, h in REPORT.histograms.items()}
-    print(f"fanline: published {REPORT.published}, received {REPORT.received}, problems {REPORT.problems or 'none'}")
-    for transport, figures in summary.items():
-        print(
-            f"fanline: {transport} latency p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms,"
-            f" max {figures['max_ms']:.1f} ms over {figures['count']} events"
-        )
-    print(f"fanline: raw histograms in {_results_path}")
+        missing = _collect_final_reports(environment, runner)
+        report = _merge.report
+        workers = {"reported": len(_merge.reported), "final": len(_merge.final), "missing": missing}
+        if missing:
+            environment.process_exit_code = 1
+    else:
+        report, missing, workers = REPORT, [], None
+    _print_summary(report, _write(environment, report, workers), missing)
 
 
 # Locust reports a failed receive under the same row, so the failure ratio of

@@ -11,9 +11,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
+from . import __version__
 from .cluster import cli as cluster_cli
 from .settings import Settings, SettingsError, add_arguments, markdown_table
+from .startup import ExitStatus, StartupError
 
 
 def _parse_data(raw: str) -> object:
@@ -45,11 +48,36 @@ def _publish_http(url: str, channel: str, data: object, event: str | None, api_k
     return 1
 
 
+def broker_publish_refusal(url: str) -> str | None:
+    """Why ``fanline publish --broker URL`` must not run, or None.
+
+    The memory broker lives inside one process: publishing to a fresh one
+    from this command would print an id for an event no node can ever see.
+    """
+    if urlsplit(url).scheme == "memory":
+        return (
+            "--broker memory:// is private to one process, so no node would see this event; "
+            "publish through the node instead: fanline publish CHANNEL DATA --url http://HOST:PORT"
+        )
+    return None
+
+
 async def _publish_broker(url: str, channel: str, data: object, event: str | None) -> int:
+    from broker_adapters import BrokerError, UnknownBrokerURL
     from broker_adapters.publisher import Publisher
 
-    async with Publisher(url) as publisher:
-        position = await publisher.publish(channel, data, event=event)
+    try:
+        async with Publisher(url) as publisher:
+            position = await publisher.publish(channel, data, event=event)
+    except UnknownBrokerURL as exc:
+        print(f"fanline publish: error: --broker: {exc}", file=sys.stderr)
+        return ExitStatus.CONFIG
+    except (BrokerError, OSError) as exc:
+        print(f"publish failed: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # an invalid channel or event type
+        print(f"fanline publish: error: {exc}", file=sys.stderr)
+        return ExitStatus.CONFIG
     print(position.event_id)
     return 0
 
@@ -79,11 +107,26 @@ def _drain(url: str, wait: bool) -> int:
     return 0
 
 
+def _node(args: argparse.Namespace) -> int:
+    """``fanline node``: one line and a non-zero status for a node that cannot start, never a traceback."""
+    from .server import serve
+
+    try:
+        serve(Settings.from_namespace(args, os.environ))
+    except (SettingsError, StartupError) as exc:
+        print(f"fanline node: error: {exc}", file=sys.stderr)
+        return exc.status if isinstance(exc, StartupError) else ExitStatus.CONFIG
+    return ExitStatus.OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fanline", description="Fanline real-time edge node.")
+    parser.add_argument("--version", action="version", version=f"fanline {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    node_parser = commands.add_parser("node", help="run an edge node")
+    node_parser = commands.add_parser(
+        "node", help="run an edge node", description="Run a Fanline edge node. Every flag is also an environment variable."
+    )
     add_arguments(node_parser)
 
     publish_parser = commands.add_parser("publish", help="publish one event")
@@ -105,17 +148,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "node":
-        from .server import serve
-
-        try:
-            settings = Settings.from_namespace(args, os.environ)
-        except SettingsError as exc:
-            parser.error(str(exc))
-        serve(settings)
-        return 0
+        return _node(args)
     if args.command == "publish":
         data = _parse_data(args.data)
         if args.broker:
+            refusal = broker_publish_refusal(args.broker)
+            if refusal is not None:
+                print(f"fanline publish: error: {refusal}", file=sys.stderr)
+                return ExitStatus.CONFIG
             return asyncio.run(_publish_broker(args.broker, args.channel, data, args.event))
         return _publish_http(args.url, args.channel, data, args.event, args.api_key)
     if args.command == "drain":

@@ -3,7 +3,9 @@
 A tiny subset of the Prometheus client: counters, gauges and histograms with
 fixed label names, rendered in the text exposition format.  Hot paths hold a
 reference to a labelled child and call ``inc``; nothing here allocates per
-event.
+event.  Process metrics (CPU, memory, file descriptors, event-loop lag) and
+``fanline_build_info`` are read at scrape time through prometheus-client
+(node/process_metrics.py) and rendered after these.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
 from broker_adapters.base import BrokerStats
+
+from . import __version__
+from .process_metrics import ProcessMetrics
 
 
 def _escape(value: str) -> str:
@@ -241,6 +246,7 @@ class Metrics:
             "data again, and when the slow-consumer policy acts on a lagging client.",
             (*LATENCY_BUCKETS, 20.0, 30.0, 60.0),
         )
+        self.process = ProcessMetrics(__version__)
 
         # Presence, the control channel and backend hooks (docs/presence.md, server-api.md, hooks.md).
         self.presence_writes = Counter(
@@ -275,4 +281,4 @@ class Metrics:
         lines: list[str] = []
         for metric in self.all():
             lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.process.render()

@@ -96,6 +96,7 @@ class Node:
         self._tasks.spawn(self._connect_broker(), "broker-connect")
         self._tasks.spawn(self._heartbeat_forever(), "heartbeat")
         self._tasks.spawn(self._sweep_forever(), "sweep")
+        self._tasks.spawn(self.metrics.process.loop_lag.sample_forever(), "loop-lag")
         if self.settings.stream_check_interval > 0:
             self._tasks.spawn(self.hub.check_streams_forever(self.settings.stream_check_interval), "stream-check")
         await self.control.start()

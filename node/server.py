@@ -2,31 +2,62 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import logging
 import resource
 import socket
 from types import FrameType
 
 import uvicorn
-import uvloop
 
+from broker_adapters.errors import ConfigError
+
+from . import __version__
 from .app import create_apps
 from .edge import Edge
 from .logs import configure
 from .runtime import Node
 from .settings import Settings
+from .startup import StartupError, bind_error, check_files, configuration_error
+
+log = logging.getLogger("fanline.node")
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def event_loop() -> str:
+    """uvloop where it is installed (it is optional), else asyncio's own loop; uvicorn's names for both."""
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def _listen(host: str, port: int, setting: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise bind_error(exc, host, port, setting) from None
     sock.setblocking(False)
     return sock
 
 
-def uvicorn_config(settings: Settings, node: Node) -> uvicorn.Config:
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def listening_message(settings: Settings) -> str:
+    """``listening on http://HOST:PORT (internal http://HOST:PORT)``: where to point a browser and a scraper."""
+    internal = (
+        f"internal {http_url(settings.host, settings.internal_port)}"
+        if settings.internal_port
+        else "internal endpoints on the same port"
+    )
+    return f"listening on {http_url(settings.host, settings.port)} ({internal})"
+
+
+def uvicorn_config(settings: Settings, node: Node, loop: str = "uvloop") -> uvicorn.Config:
     apps = create_apps(node)
     edge = Edge(node, apps.client, apps.internal)
     return uvicorn.Config(
@@ -36,7 +67,7 @@ def uvicorn_config(settings: Settings, node: Node) -> uvicorn.Config:
         apps.client,
         http=edge.protocol_factory(),  # type: ignore[arg-type]
         ws="none",
-        loop="uvloop",
+        loop=loop,
         lifespan="on",
         log_config=None,
         access_log=False,
@@ -71,6 +102,15 @@ class DrainingServer(uvicorn.Server):
         self.node = node
         self._drain_requested = False
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:  # not when the node's own start-up failed
+            settings = self.node.settings
+            log.info(
+                listening_message(settings),
+                extra={"version": __version__, "loop": self.config.loop, "broker": _scheme(settings.broker)},
+            )
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self.node.loop
         if self._drain_requested or loop is None or self.should_exit:
@@ -84,12 +124,35 @@ class DrainingServer(uvicorn.Server):
         task.add_done_callback(lambda _: setattr(self, "should_exit", True))
 
 
+def _scheme(url: str) -> str:
+    # Only the scheme: a broker URL may carry a password.
+    return url.partition(":")[0]
+
+
 def serve(settings: Settings) -> None:
+    """Run a node until it is stopped; raise :class:`StartupError` if it cannot start."""
     configure(settings.log_level, settings.node_name)
     raise_file_limit()
-    node = Node(settings)
-    server = DrainingServer(uvicorn_config(settings, node), node)
-    sockets = [_listen(settings.host, settings.port)]
-    if settings.internal_port:
-        sockets.append(_listen(settings.host, settings.internal_port))
-    uvloop.run(server.serve(sockets=sockets))
+    check_files(settings)
+    try:
+        node = Node(settings)
+    except ConfigError as exc:
+        error = configuration_error(exc)
+        assert error is not None
+        raise error from None
+    loop = event_loop()
+    server = DrainingServer(uvicorn_config(settings, node, loop), node)
+    sockets = [_listen(settings.host, settings.port, "port")]
+    try:
+        if settings.internal_port:
+            sockets.append(_listen(settings.host, settings.internal_port, "internal_port"))
+    except StartupError:
+        for sock in sockets:
+            sock.close()
+        raise
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(server.serve(sockets=sockets))
+    else:
+        asyncio.run(server.serve(sockets=sockets))

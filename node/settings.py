@@ -365,10 +365,18 @@ def _convert(f: dataclasses.Field[Any], raw: Any) -> Any:
     return raw
 
 
+def _shown_default(f: dataclasses.Field[Any]) -> str:
+    default = f.default
+    return "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}]"
+        # "%%": argparse formats help strings with %.
+        help_text = f"{f.metadata['help']} Default: {_shown_default(f)}. [env {ENV_PREFIX}{f.name.upper()}]".replace(
+            "%", "%%"
+        )
         if _type_name(f) == "bool":
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
@@ -382,9 +390,8 @@ def markdown_table() -> str:
         "|---|---|---|---|",
     ]
     for f in dataclasses.fields(Settings):
-        default = f.default
-        shown = "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
         rows.append(
-            f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{shown}` | {f.metadata['help']} |"
+            f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{_shown_default(f)}` | "
+            f"{f.metadata['help']} |"
         )
     return "\n".join(rows) + "\n"

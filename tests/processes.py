@@ -86,10 +86,14 @@ class ChildProcess:
 class NodeProcess(ChildProcess):
     """One Fanline node in a child process."""
 
-    def __init__(self, broker: str = "memory://", *flags: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, broker: str = "memory://", *flags: str, env: dict[str, str] | None = None, prelude: str = ""
+    ) -> None:
         self.broker = broker
         self.flags = list(flags)
         self.env = env or {}
+        # Python run before the CLI, e.g. to make an optional module unimportable.
+        self.prelude = prelude
         self.port = free_port()
         self.internal_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -108,8 +112,11 @@ class NodeProcess(ChildProcess):
         return f"http://127.0.0.1:{self.internal_port}"
 
     def start(self, wait_ready: bool = True) -> NodeProcess:
+        entry = ["-m", "node"]
+        if self.prelude:
+            entry = ["-c", f"import sys; {self.prelude}; from node.cli import main; sys.exit(main())"]
         cmd = [
-            sys.executable, "-m", "node", "node",
+            sys.executable, *entry, "node",
             "--port", str(self.port),
             "--internal-port", str(self.internal_port),
             "--broker", self.broker,

@@ -720,6 +720,6 @@ def test_11_image_has_no_installer_locked_hashed_dependencies_a_pinned_base_and_
         pins = re.findall(r"^([A-Za-z0-9_.-]+)==\S+", body, re.MULTILINE)
         assert pins and body.count("--hash=sha256:") >= len(pins), lock
     runtime = (ROOT / "docker" / "requirements.lock").read_text().lower()
-    for name in ("starlette", "uvicorn", "websockets", "redis", "nats-py", "aiokafka", "pyjwt", "uvloop"):
+    for name in ("starlette", "uvicorn", "websockets", "redis", "nats-py", "aiokafka", "pyjwt", "uvloop", "prometheus-client"):
         assert f"\n{name}==" in runtime, name
     assert "\nkubernetes==" in (ROOT / "docker" / "requirements-kubernetes.lock").read_text()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import nats
 import pytest
 
 from broker_adapters import Broker, BrokerUnavailable, open_broker
+from broker_adapters.nats import _ErrorLogThrottle
 from broker_adapters.types import encode_data
 
 from .listener import Recorder, open_started
@@ -50,6 +52,7 @@ class Proxy:
         self.target_port = target_port
         self.port = free_port()
         self.open = True
+        self.refused = 0  # connections closed at once while cut
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -58,6 +61,7 @@ class Proxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if not self.open:
+            self.refused += 1
             writer.close()
             return
         try:
@@ -161,11 +165,48 @@ async def test_concurrent_publishers_on_one_channel_keep_history_complete(server
 
 
 async def test_start_fails_fast_when_nats_is_down() -> None:
-    broker = open_broker(f"nats://127.0.0.1:{free_port()}?connect_timeout=1")
-    with pytest.raises(BrokerUnavailable):
+    port = free_port()
+    broker = open_broker(f"nats://127.0.0.1:{port}?connect_timeout=1")
+    with pytest.raises(BrokerUnavailable) as failure:
         async with asyncio.timeout(10):
             await broker.start(Recorder())
     await broker.close()
+    # Where, and the real cause, not the timeout that ended the attempt.
+    assert f"NATS connection to 127.0.0.1:{port} failed: ConnectionRefusedError" in str(failure.value)
+
+
+async def test_an_outage_logs_one_line_per_interval_not_per_attempt(
+    server: Server, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = Proxy(server.port)
+    await proxy.start()
+    broker = await open_started(f"nats://127.0.0.1:{proxy.port}?reconnect_wait=0.1&timeout=2")
+    try:
+        caplog.set_level(logging.WARNING, logger="fanline.broker.nats")
+        proxy.cut()
+        # Many failed reconnect attempts, each reported by the client...
+        await _wait_until(lambda: proxy.refused >= 5)
+        errors = [r.__dict__ for r in caplog.records if r.getMessage() == "NATS connection error"]
+        # ...and one line per kind of error (the cut, then the refusals); the
+        # next comes after _ERROR_LOG_INTERVAL (30 s), with a count.
+        kinds = [e["error"].partition(":")[0] for e in errors]
+        assert len(kinds) == len(set(kinds)) < proxy.refused, kinds
+        assert all(e["servers"] == f"127.0.0.1:{proxy.port}" for e in errors)
+    finally:
+        await broker.close()
+        await proxy.close()
+
+
+def test_error_log_throttle_counts_what_it_held_back() -> None:
+    now = [0.0]
+    throttle = _ErrorLogThrottle(30.0, clock=lambda: now[0])
+    assert throttle.allow("ConnectionRefusedError") == 0
+    assert throttle.allow("ConnectionRefusedError") is None
+    assert throttle.allow("TimeoutError") == 0  # a new kind of error is told at once
+    now[0] = 29.0
+    assert throttle.allow("ConnectionRefusedError") is None
+    now[0] = 30.0
+    assert throttle.allow("ConnectionRefusedError") == 2
 
 
 async def test_deleted_stream_while_subscribed_gives_a_new_epoch_live(server: Server, name: str) -> None:
