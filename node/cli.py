@@ -12,8 +12,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
+from broker_adapters.errors import ConfigError
+
 from .cluster import cli as cluster_cli
-from .settings import Settings, SettingsError, add_arguments, markdown_table
+from .redaction import redact
+from .settings import INTERNAL_KEY_HEADER, Settings, SettingsError, add_arguments, env_secret, markdown_table
 
 
 def _parse_data(raw: str) -> object:
@@ -62,7 +65,11 @@ def _drain(url: str, wait: bool) -> int:
     """
     endpoint = url.rstrip("/") + "/drain"
     try:
-        with urllib.request.urlopen(urllib.request.Request(endpoint, data=b"", method="POST"), timeout=10) as response:
+        # On loopback (the preStop hook) no key is needed; from elsewhere the node wants its internal key.
+        key = env_secret("internal_key", os.environ)
+        headers = {INTERNAL_KEY_HEADER: key} if key else {}
+        request = urllib.request.Request(endpoint, data=b"", method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
             status = json.loads(response.read())
         print(json.dumps(status))
         deadline = time.monotonic() + float(status["window"]) + 5.0
@@ -70,7 +77,7 @@ def _drain(url: str, wait: bool) -> int:
             time.sleep(0.5)
             with urllib.request.urlopen(endpoint, timeout=5) as response:
                 status = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, KeyError, SettingsError) as exc:
         # A node that is already gone has nothing left to drain.
         print(f"drain: {exc}", file=sys.stderr)
         return 1
@@ -109,9 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             settings = Settings.from_namespace(args, os.environ)
-        except SettingsError as exc:
-            parser.error(str(exc))
-        serve(settings)
+            serve(settings)
+        except ConfigError as exc:
+            # A setting the node refuses (a broker URL, a ticket_ttl its broker cannot keep):
+            # one line naming it, not a traceback.
+            parser.error(redact(str(exc)))
         return 0
     if args.command == "publish":
         data = _parse_data(args.data)

@@ -85,11 +85,13 @@ class DrainingServer(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    configure(settings.log_level, settings.node_name)
+    # Every secret the settings hold is masked in every log line from here on (node.redaction).
+    configure(settings.log_level, settings.node_name, settings.secret_values())
     raise_file_limit()
     node = Node(settings)
     server = DrainingServer(uvicorn_config(settings, node), node)
     sockets = [_listen(settings.host, settings.port)]
     if settings.internal_port:
-        sockets.append(_listen(settings.host, settings.internal_port))
+        # Its own address: loopback unless the operator opens it (docs/operations.md).
+        sockets.append(_listen(settings.internal_host, settings.internal_port))
     uvloop.run(server.serve(sockets=sockets))
