@@ -136,8 +136,9 @@ def parse(raw: bytes) -> dict[str | None, jwt.PyJWK]:
         keyset = jwt.PyJWKSet(entries)
     except (jwt.PyJWKSetError, jwt.PyJWKError, jwt.InvalidKeyError) as exc:
         raise JWKSError(f"no usable key: {exc}") from None
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        # Key material of the wrong type deep inside a key (an "n" that is a list, ...).
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as exc:
+        # Key material of the wrong type deep inside a key (an "n" that is a list, ...), or an
+        # algorithm PyJWT cannot build a key for ("alg": "none" raises NotImplementedError).
         raise JWKSError(f"a key is malformed: {exc.__class__.__name__}") from None
     keys: dict[str | None, jwt.PyJWK] = {k.key_id: k for k in keyset.keys if isinstance(k.key_id, str) and k.key_id}
     if len(keyset.keys) == 1:

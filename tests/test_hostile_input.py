@@ -415,7 +415,7 @@ ticket_bodies = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=80, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.one_of(ticket_bodies.map(_dump), json_values.map(_dump), st.binary(max_size=100)))
 @example(body='{"sub": "42", "exp": NaN}')
 @example(body='{"sub": "42", "exp": Infinity}')

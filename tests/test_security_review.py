@@ -27,6 +27,7 @@ import httpx
 import jwt
 import pytest
 import redis
+import websockets
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .clients import WSClient
@@ -145,8 +146,19 @@ def test_1_unauthenticated_sockets_never_take_the_slots_of_200(channel: str) -> 
         squatters = [RawWebSocket("127.0.0.1", node.port) for _ in range(250)]
         assert all(s.status == 101 for s in squatters)
 
+        async def by_first_frame() -> WSClient:
+            # The browser's way: no credential in the handshake, the token in the first frame.
+            connection = await websockets.connect(node.ws_url, open_timeout=10)
+            await connection.send(json.dumps({"type": "auth", "token": token()}))
+            client = WSClient(connection)
+            assert (await client.recv())["type"] == "connected"
+            return client
+
         async def legitimate() -> int:
-            clients = await asyncio.gather(*(WSClient.connect(f"{node.ws_url}?token={token()}") for _ in range(64)))
+            clients = await asyncio.gather(
+                *(WSClient.connect(f"{node.ws_url}?token={token()}") for _ in range(32)),
+                *(by_first_frame() for _ in range(32)),
+            )
             for client in clients:
                 await client.close()
             return len(clients)
@@ -249,10 +261,10 @@ class JWKSServer:
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 try:
-                    for byte in body:  # bounded: 64 bytes, at most 32 s
+                    for byte in body:  # bounded: one byte a second, 64 bytes
                         self.wfile.write(bytes([byte]))
                         self.wfile.flush()
-                        time.sleep(0.5)
+                        time.sleep(1.0)
                 except OSError:
                     outer.drip_abandoned.set()
 
@@ -433,8 +445,6 @@ def test_7_hostile_jwks_documents_refuse_the_token_and_never_hang_a_handshake(ke
         async def refused(node: NodeProcess) -> list[tuple[int, str]]:
             # Two handshakes at once: the second waits for the first's fetch, never past its deadline.
             async def one() -> tuple[int, str]:
-                import websockets
-
                 async with websockets.connect(f"{node.ws_url}?token={keys.token()}", open_timeout=10) as ws:
                     try:
                         await asyncio.wait_for(ws.recv(), 10)
@@ -453,8 +463,8 @@ def test_7_hostile_jwks_documents_refuse_the_token_and_never_hang_a_handshake(ke
             warnings = [line for line in log_lines(node) if line.get("msg") == "JWKS fetch failed"]
             assert warnings and all(JWKS_PASSWORD not in json.dumps(w) for w in warnings)
     finally:
-        for node in nodes:
-            node.stop()
+        with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda n: n.stop(), nodes))
         server.close()
 
 
