@@ -279,8 +279,8 @@ def _digest(key: str) -> bytes:
 #: loopback address exactly (not all of 127.0.0.0/8: some sidecar proxies connect from
 #: 127.0.0.6, and a caller the node cannot tell apart from the network is not local).
 LOOPBACK = frozenset(("127.0.0.1", "::1", "::ffff:127.0.0.1"))
-# The server API paths that take an API key; /api/tickets has its own rules.
-_PUBLISH_PATHS = frozenset(("/api/publish", "/api/publish/batch"))
+# The one /api/* path with rules of its own; every other one takes the API key (node.api, node.server_api).
+_TICKETS_PATH = "/api/tickets"
 
 
 # -- the policy -------------------------------------------------------------------------------------
@@ -497,15 +497,15 @@ class AccessPolicy:
         a JWKS is verified by the endpoint, after the (bounded) body.
         """
         self.check_host(headers.get("host"))
-        if path in _PUBLISH_PATHS:
+        if path != _TICKETS_PATH:
             self.check_api(headers)
-        elif path == "/api/tickets":
-            token = self._ticket_bearer(headers)
-            if token is not None:
-                try:
-                    self.tokens.verify_now(token)
-                except TokenError as exc:
-                    raise self._token_refusal("token", exc) from None
+            return
+        token = self._ticket_bearer(headers)
+        if token is not None:
+            try:
+                self.tokens.verify_now(token)
+            except TokenError as exc:
+                raise self._token_refusal("token", exc) from None
 
     def _ticket_bearer(self, headers: Mapping[str, str]) -> str | None:
         """The Bearer token of a ticket request, or None for server-side issuance (its API key

@@ -30,8 +30,8 @@ from broker_adapters.types import (
 )
 
 from .errors import ClientError, ErrorCode
-from .server_api import api_routes
 from .protocol import strict_loads
+from .server_api import api_routes
 from .shed import Shedder
 from .status import Status
 

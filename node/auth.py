@@ -13,6 +13,7 @@ turns claims into an :class:`~node.access.Identity`.  See docs/security.md.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -148,13 +149,21 @@ def grant_matches(patterns: tuple[str, ...], channel: str) -> bool:
     return False
 
 
+def is_unix_time(value: object) -> bool:
+    """Is ``value`` a usable expiry: a number of seconds after 1970, up to the end of year 9999?
+
+    NaN fails the range check too (every comparison with it is false), and so does infinity;
+    an integer too large for a float never reaches ``float()``.
+    """
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= MAX_EXPIRY
+
+
 def claims_from(payload: Mapping[str, Any], *, channels_key: str = "channels", publish_key: str = "publish") -> Claims:
     sub = payload.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 255:
         raise TokenError("sub must be a non-empty string of at most 255 characters")
     exp = payload.get("exp")
-    # NaN fails the range check too (every comparison with it is false), and so does infinity.
-    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float)) or not 0 < exp <= MAX_EXPIRY):
+    if exp is not None and not is_unix_time(exp):
         raise TokenError(f"exp must be a Unix time in seconds, at most {MAX_EXPIRY}")
     return Claims(
         user=sub,

@@ -414,6 +414,19 @@ def test_6_ticket_requests_with_numbers_that_are_not_times_are_refused(
     assert (response.status_code, response.json()["error"]) == (400, code), response.text
 
 
+@pytest.mark.parametrize(
+    "expire_at,code", [("1e400", "invalid_json"), ("9" * 400, "invalid_message"), ("1e300", "invalid_message")]
+)
+def test_6_the_server_api_refuses_expiry_times_that_are_not_times(secured: NodeProcess, expire_at: str, code: str) -> None:
+    # Before: sent on to every node, where a 400-digit number failed as a float with a traceback.
+    with httpx.Client(timeout=10) as http:
+        response = http.post(
+            secured.url + "/api/refresh", content='{"user": "ada", "expire_at": ' + expire_at + "}",
+            headers={"x-api-key": API_KEY, "content-type": "application/json"},
+        )  # fmt: skip
+    assert (response.status_code, response.json()["error"]) == (400, code), response.text
+
+
 def test_6_websocket_messages_with_nan_get_invalid_json_not_a_non_json_reply(secured: NodeProcess) -> None:
     ws = RawWebSocket("127.0.0.1", secured.port, path=f"/ws?token={token()}", recv_buffer=None)
     assert ws.recv_messages()[0]["type"] == "connected"
@@ -582,6 +595,8 @@ def test_10_a_broker_that_forgets_claims_before_tickets_expire_is_refused_at_sta
         ("/api/tickets", "X-API-Key: wrong\r\n", "invalid_api_key"),
         ("/api/publish", "", "unauthorized"),
         ("/api/publish/batch", "Authorization: apikey wrong\r\n", "invalid_api_key"),
+        ("/api/presence", "", "unauthorized"),  # the server API
+        ("/api/revoke", "X-API-Key: wrong\r\n", "invalid_api_key"),
     ],
 )
 def test_11_a_request_without_a_good_credential_is_refused_from_its_head(

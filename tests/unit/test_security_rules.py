@@ -248,3 +248,11 @@ def test_a_document_that_is_not_a_usable_jwks_is_refused_with_one_error_type(doc
 def test_a_key_with_a_kid_that_is_not_a_string_serves_no_kid() -> None:
     keys = jwks.parse(json.dumps({"keys": [rsa_jwk(kid=7), rsa_jwk(kid="k2")]}).encode())
     assert set(keys) == {"k2"}
+
+
+@pytest.mark.parametrize("expire_at", ["1e300", "9" * 400, "-5", "true"])
+def test_a_hook_answer_with_an_expiry_that_is_not_a_time_is_a_failed_call(expire_at: str) -> None:
+    from node.hooks import FAILED, parse_answer
+
+    assert parse_answer(200, b'{"allow": true, "expire_at": %s}' % expire_at.encode()) == FAILED
+    assert parse_answer(200, b'{"allow": true, "expire_at": 1767225600}').expire_at == 1767225600.0
