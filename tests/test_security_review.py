@@ -534,7 +534,7 @@ def test_8_ticket_ids_and_nats_names_match_whole(tmp_path: Path) -> None:
         book.verify(forged)
     for options in ({"stream": "FANLINE\n"}, {"subject_prefix": "fanline\n"}, {"live_prefix": "live\n"}):
         with pytest.raises(ValueError):
-            NatsOptions(servers=["nats://127.0.0.1:4222"], **options)  # type: ignore[arg-type]
+            NatsOptions(**options)
 
 
 # -- 9: same-origin means scheme, host and port; Host names when configured ------------------------
