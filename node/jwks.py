@@ -7,7 +7,8 @@ is hung up on at the deadline instead of holding a thread for as long as it
 likes.  The body is bounded in size (:data:`MAX_BYTES`).  Credentials in the
 URL (``https://user:password@idp/...``) are sent as HTTP Basic
 authentication.  Redirects are not followed: a JWKS URL is configuration,
-and a redirect is a change of trust the operator did not make.
+and a redirect is a change of trust the operator did not make.  The
+connection is direct: ``HTTP(S)_PROXY`` variables are not used.
 
 :func:`parse` turns a document into keys by ``kid``, or raises
 :class:`JWKSError` for anything that is not a JSON object with a ``keys``
