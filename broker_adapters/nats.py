@@ -136,11 +136,11 @@ class NatsOptions:
     reconnect_wait: float = 1.0
 
     def __post_init__(self) -> None:
-        if not _STREAM_NAME.match(self.stream):
+        if not _STREAM_NAME.fullmatch(self.stream):
             raise ValueError("stream must be letters, digits, _ or -")
         for name in ("subject_prefix", "live_prefix"):
             value = getattr(self, name)
-            if value and not _PREFIX.match(value):
+            if value and not _PREFIX.fullmatch(value):
                 raise ValueError(f"{name} must be dot-separated tokens of letters, digits, _ or -")
         if self.live_prefix == self.subject_prefix or self.live_prefix.startswith(self.subject_prefix + "."):
             raise ValueError("live_prefix must not overlap subject_prefix")

@@ -16,7 +16,11 @@ The model (docs/security.md is the user-facing version):
   namespace rule decides: ``nobody``, ``anyone``, ``users`` (any
   authenticated user) or ``granted`` (a matching token grant, or the user's
   own ``#`` channel).
-- *Server API*: an API key when ``api_keys`` is set.
+- *Server API*: an API key when ``api_keys`` is set.  :meth:`AccessPolicy.precheck_api`
+  applies every check that needs no I/O to a request's head, so a request
+  without a good credential is refused before its body is read.
+- *Operator endpoints* (``POST /drain``, ``POST /shed``): a caller on
+  loopback, or the ``internal_key`` (:meth:`AccessPolicy.check_operator`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,8 +43,8 @@ from broker_adapters.types import RESERVED_CHANNEL_PREFIX
 from . import protocol
 from .auth import Claims, Credential, TokenError, TokenVerifier, bearer, claims_from, find_credential, grant_matches
 from .errors import ClientError, ErrorCode
-from .settings import Settings, SettingsError
-from .tickets import TicketBook, TicketUnavailable
+from .settings import INTERNAL_KEY_HEADER, Settings, SettingsError
+from .tickets import TicketBook, TicketUnavailable, retention_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,32 +151,117 @@ def _load_rules(settings: Settings, default: Rule) -> ChannelRules:
 # -- origins -------------------------------------------------------------------------------------
 
 
+#: (scheme, host, port): what "same origin" compares (RFC 6454).
+Origin = tuple[str, str, int]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def parse_origin(value: str) -> Origin | None:
+    """An ``Origin`` header (or an ``allowed_origins`` entry) as (scheme, host, port).
+
+    None for anything that is not an http(s) origin: ``null``, ``ftp://…``, a
+    value with a path, a query or credentials.  Browsers send only
+    ``scheme://host[:port]``; names and schemes compare case-insensitively.
+    """
+    try:
+        parts = urlsplit(value.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc:
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return None
+    return parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme]
+
+
+def host_name(host: str | None) -> str | None:
+    """The name in a ``Host`` header, without its port (``[::1]:8000`` gives ``::1``)."""
+    if not host:
+        return None
+    try:
+        return urlsplit("//" + host.strip()).hostname
+    except ValueError:
+        return None
+
+
+def request_origin(host: str | None, forwarded_proto: str | None) -> Origin | None:
+    """The origin a request was made to: its ``Host``, and the scheme the client used.
+
+    Nodes speak plain HTTP behind a proxy that terminates TLS, so the scheme
+    is the proxy's ``X-Forwarded-Proto`` (its first value) when there is one,
+    else http.  A page cannot set that header on a WebSocket or EventSource
+    request, and a non-browser client sends no Origin to compare anyway.
+    """
+    scheme = (forwarded_proto or "http").split(",")[0].strip().lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    try:
+        parts = urlsplit("//" + host.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return scheme, parts.hostname, port or _DEFAULT_PORTS[scheme]
+
+
 class OriginPolicy:
     """Which browser origins may open a WebSocket or an SSE stream.
 
-    Empty (the default): same-origin only, i.e. the Origin's host:port must be
-    the request's Host.  ``*``: any origin.  Otherwise a comma-separated list of
-    exact origins (``https://app.example.com``).  A request without an Origin
-    header is not from a browser page and is let through: the allow-list
-    protects browsers' ambient credentials (cookies), which such clients lack.
+    Empty (the default): same-origin only, i.e. the Origin's scheme, host and
+    port must be those of the request (:func:`request_origin`).  ``*``: any
+    origin.  Otherwise a comma-separated list of exact origins
+    (``https://app.example.com``).  A request without an Origin header is not
+    from a browser page and is let through: the allow-list protects browsers'
+    ambient credentials (cookies), which such clients lack.
     """
 
     def __init__(self, allowed: str) -> None:
-        entries = [o.strip().rstrip("/").lower() for o in allowed.split(",") if o.strip()]
+        entries = [o.strip() for o in allowed.split(",") if o.strip()]
         self.any = "*" in entries
-        self.allowed = frozenset(entries)
+        self.null = any(e.lower() == "null" for e in entries)
+        origins = set()
+        for entry in entries:
+            if entry in ("*",) or entry.lower() == "null":
+                continue
+            parsed = parse_origin(entry)
+            if parsed is None:
+                raise SettingsError(f"allowed_origins: {entry!r} is not an origin like https://app.example.com")
+            origins.add(parsed)
+        self.allowed = frozenset(origins)
+        self.listed = bool(entries) and not self.any
 
-    def permits(self, origin: str | None, host: str | None) -> bool:
+    def permits(self, origin: str | None, host: str | None, forwarded_proto: str | None = None) -> bool:
         if origin is None or self.any:
             return True
-        origin = origin.strip().lower()
-        if self.allowed:
-            return origin in self.allowed
-        try:
-            netloc = urlsplit(origin).netloc
-        except ValueError:
+        if origin.strip().lower() == "null":
+            return self.null
+        parsed = parse_origin(origin)
+        if parsed is None:
             return False
-        return bool(netloc) and host is not None and netloc == host.strip().lower()
+        if self.listed:
+            return parsed in self.allowed
+        return parsed == request_origin(host, forwarded_proto)
+
+
+class HostPolicy:
+    """The host names the client port answers to (``allowed_hosts``); empty: any.
+
+    A page that rebinds its own name to a node's address (DNS rebinding)
+    passes a same-origin check, because its Origin and Host agree; only a
+    list of the node's real names tells it apart.
+    """
+
+    def __init__(self, allowed: str) -> None:
+        self.names = frozenset(n.strip().lower().rstrip(".") for n in re.split(r"[,\s]+", allowed) if n.strip())
+
+    def permits(self, host: str | None) -> bool:
+        if not self.names:
+            return True
+        name = host_name(host)
+        return name is not None and name.rstrip(".") in self.names
 
 
 def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
@@ -183,6 +273,14 @@ def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+#: Who may POST /drain and /shed without the internal key: the node's own host, by its
+#: loopback address exactly (not all of 127.0.0.0/8: some sidecar proxies connect from
+#: 127.0.0.6, and a caller the node cannot tell apart from the network is not local).
+LOOPBACK = frozenset(("127.0.0.1", "::1", "::ffff:127.0.0.1"))
+# The one /api/* path with rules of its own; every other one takes the API key (node.api, node.server_api).
+_TICKETS_PATH = "/api/tickets"
 
 
 # -- the policy -------------------------------------------------------------------------------------
@@ -202,17 +300,26 @@ class AccessPolicy:
             secret=settings.jwt_secret,
             public_key_file=settings.jwt_public_key_file,
             jwks_url=settings.jwks_url,
+            jwks_timeout=settings.jwks_timeout,
             audience=settings.jwt_audience,
             issuer=settings.jwt_issuer,
         )
         ticket_secret = settings.ticket_secret or settings.jwt_secret
         self.tickets = TicketBook(ticket_secret, settings.ticket_ttl, settings.node_name) if ticket_secret else None
+        if self.tickets is not None:
+            # Single use rests on the claim outliving the ticket (node.tickets): refuse to start otherwise.
+            problem = retention_problem(settings.broker_url, settings.ticket_ttl)
+            if problem is not None:
+                raise SettingsError(problem)
         required = self.tokens.enabled
         publish_default = (GRANTED if required else ANYONE) if settings.client_publish else NOBODY
         self.rules = _load_rules(settings, Rule(GRANTED if required else ANYONE, publish_default))
         self.origins = OriginPolicy(settings.allowed_origins)
+        self.hosts = HostPolicy(settings.allowed_hosts)
         # Compared as digests: equal length, so compare_digest leaks nothing, not even length.
-        self._api_keys = [_digest(k.strip()) for k in settings.api_keys.split(",") if k.strip()]
+        # Commas or newlines between keys (an api_keys_file holds one per line).
+        self._api_keys = [_digest(k.strip()) for k in re.split(r"[,\n]", settings.api_keys) if k.strip()]
+        self._internal_key = _digest(settings.internal_key) if settings.internal_key else None
 
     @property
     def required(self) -> bool:
@@ -222,12 +329,14 @@ class AccessPolicy:
     # -- connecting -----------------------------------------------------------------------------
 
     def check_origin(self, scope: Mapping[str, Any]) -> None:
-        """The synchronous gate ``Node.admit`` runs: the Origin allow-list.
+        """The synchronous gate ``Node.admit`` runs: the Host names, then the Origin allow-list.
 
         Credentials may need the network (JWKS, the ticket's claim channel),
         so the transports verify them next, with :meth:`identify`.
         """
-        if not self.origins.permits(_header(scope, b"origin"), _header(scope, b"host")):
+        host = _header(scope, b"host")
+        self.check_host(host)
+        if not self.origins.permits(_header(scope, b"origin"), host, _header(scope, b"x-forwarded-proto")):
             raise ClientError(ErrorCode.ORIGIN_FORBIDDEN, "this origin may not connect")
 
     @staticmethod
@@ -238,6 +347,11 @@ class AccessPolicy:
     def identity_without_credential(self) -> Identity | None:
         """Who a handshake without a credential is: anonymous, or (None) not yet known."""
         return None if self.required else ANONYMOUS
+
+    def check_host(self, host: str | None) -> None:
+        """Raises ClientError(bad_request) for a Host the node does not answer to (``allowed_hosts``)."""
+        if not self.hosts.permits(host):
+            raise ClientError(ErrorCode.BAD_REQUEST, "this node does not serve that host name")
 
     async def identify(self, scope: Mapping[str, Any], broker: Broker, *, deferred: bool = False) -> Identity | None:
         """The identity a handshake's credential proves.  Raises ClientError.
@@ -305,6 +419,10 @@ class AccessPolicy:
         origin = _header(scope, b"origin")
         if origin is None:
             return ()
+        if self.origins.any:
+            # Any origin may read, but never with the browser's cookies: with '*', credentials
+            # would let every site act as the user (docs/security.md).
+            return ((b"access-control-allow-origin", b"*"),)
         return (
             (b"access-control-allow-origin", origin.encode("latin-1")),
             (b"access-control-allow-credentials", b"true"),
@@ -372,20 +490,64 @@ class AccessPolicy:
         if self._api_keys:
             self._check_key(headers)
 
-    async def issue_ticket(self, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
-        """``POST /api/tickets``: for the bearer of a JWT, or for a server with an API key."""
+    def precheck_api(self, path: str, headers: Mapping[str, str]) -> None:
+        """Refuse an ``/api/*`` request from its head, before its body is read.  Raises ClientError.
+
+        The endpoint's own checks, minus what needs I/O: a token whose key is in
+        a JWKS is verified by the endpoint, after the (bounded) body.
+        """
+        self.check_host(headers.get("host"))
+        if path != _TICKETS_PATH:
+            self.check_api(headers)
+            return
+        token = self._ticket_bearer(headers)
+        if token is not None:
+            try:
+                self.tokens.verify_now(token)
+            except TokenError as exc:
+                raise self._token_refusal("token", exc) from None
+
+    def _ticket_bearer(self, headers: Mapping[str, str]) -> str | None:
+        """The Bearer token of a ticket request, or None for server-side issuance (its API key
+        checked here).  Raises ClientError."""
         if self.tickets is None:
             raise ClientError(ErrorCode.TICKETS_DISABLED, "set ticket_secret or jwt_secret to enable tickets")
         token = bearer(headers.get("authorization"))
+        if token is not None:
+            if not self.required:
+                raise ClientError(ErrorCode.INVALID_TOKEN, "this node has no JWT key")
+            return token
+        if not self._api_keys:
+            raise ClientError(ErrorCode.UNAUTHORIZED, "send a Bearer token; server-side issuance needs api_keys")
+        self._check_key(headers)
+        return None
+
+    def check_operator(self, peer: str | None, headers: Mapping[str, str]) -> None:
+        """May this caller change the node's state (``POST /drain``, ``POST /shed``)?  Raises ClientError.
+
+        A caller on the node's own loopback may (the preStop hook runs in the
+        pod); anyone else needs ``internal_key`` in ``X-Fanline-Internal-Key``.
+        Not ``Authorization``: the Kubernetes API server's pod proxy, which
+        ``fanline cluster`` goes through, strips that header.
+        """
+        if peer in LOOPBACK:
+            return
+        key = headers.get(INTERNAL_KEY_HEADER)
+        if not key:
+            raise ClientError(
+                ErrorCode.UNAUTHORIZED, "from beyond loopback, this needs the internal key (X-Fanline-Internal-Key)"
+            )
+        if self._internal_key is None or not hmac.compare_digest(_digest(key), self._internal_key):
+            raise ClientError(ErrorCode.INVALID_API_KEY, "the internal key is not valid")
+
+    async def issue_ticket(self, headers: Mapping[str, str], body: Any) -> dict[str, Any]:
+        """``POST /api/tickets``: for the bearer of a JWT, or for a server with an API key."""
+        token = self._ticket_bearer(headers)
+        assert self.tickets is not None  # _ticket_bearer refused otherwise
         try:
             if token is not None:
-                if not self.required:
-                    raise ClientError(ErrorCode.INVALID_TOKEN, "this node has no JWT key")
                 claims = await self.tokens.verify(token)
             else:
-                if not self._api_keys:
-                    raise ClientError(ErrorCode.UNAUTHORIZED, "send a Bearer token; server-side issuance needs api_keys")
-                self._check_key(headers)
                 if not isinstance(body, dict):
                     raise ClientError(ErrorCode.INVALID_MESSAGE, 'send {"sub": USER, "channels": [...]}')
                 claims = claims_from(body)

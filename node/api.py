@@ -3,12 +3,13 @@
 Client port: ``POST /api/publish``, ``POST /api/publish/batch``, the demo page
 and the health probes.  Internal port: health probes, ``/metrics``,
 ``POST /drain``, ``POST /shed`` and ``GET /status`` (node.shed, node.status).
+The two that change state take a caller on loopback or the internal key
+(:meth:`~node.access.AccessPolicy.check_operator`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from broker_adapters.types import (
 )
 
 from .errors import ClientError, ErrorCode
+from .protocol import strict_loads
 from .server_api import api_routes
 from .shed import Shedder
 from .status import Status
@@ -72,7 +74,7 @@ async def _read_json(node: Node, request: Request, optional: bool = False, limit
     if optional and not body.strip():
         return None
     try:
-        return json.loads(body)
+        return strict_loads(bytes(body))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientError(ErrorCode.INVALID_JSON, f"body is not JSON: {exc}") from None
     except RecursionError:
@@ -201,6 +203,23 @@ def client_routes(node: Node) -> list[BaseRoute]:
     return routes
 
 
+def _operator(endpoint: Any) -> Any:
+    """Guard an endpoint that changes the node's state: loopback, or the internal key."""
+
+    async def guarded(request: Request) -> Response:
+        if request.method == "POST":
+            node = _node(request)
+            try:
+                node.access.check_operator(request.client.host if request.client else None, request.headers)
+            except ClientError as exc:
+                node.metrics.client_errors.labels(exc.code.value).inc()
+                return error_response(exc)
+        response: Response = await endpoint(request)
+        return response
+
+    return guarded
+
+
 async def drain(request: Request) -> Response:
     """POST starts the paced drain; GET reports how far it got (for ``fanline drain --wait``)."""
     node = _node(request)
@@ -217,8 +236,8 @@ def internal_routes(node: Node) -> list[Route]:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
-        Route("/drain", drain, methods=["GET", "POST"]),
-        # Changes state like /drain (it closes connections): whatever guards /drain must guard it too.
-        Route("/shed", shedder.endpoint, methods=["POST"]),
+        Route("/drain", _operator(drain), methods=["GET", "POST"]),
+        # Changes state like /drain (it closes connections): the same guard.
+        Route("/shed", _operator(shedder.endpoint), methods=["POST"]),
         Route("/status", Status(node, shedder).endpoint),
     ]

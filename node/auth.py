@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import time
-import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from . import jwks
+
 log = logging.getLogger("fanline.auth")
 
 COOKIE_NAME = "fanline_token"
@@ -34,7 +35,8 @@ MAX_TOKEN_LENGTH = 8192
 # Grant lists are copied into every ticket and kept per connection.
 MAX_GRANTS = 256
 MAX_GRANT_LENGTH = 256
-MAX_JWKS_BYTES = 1 << 20
+# 9999-12-31T23:59:59Z: an expiry past it is not a time, and would never end a session.
+MAX_EXPIRY = 253_402_300_799
 
 ASYMMETRIC = ("RS256", "ES256")
 
@@ -147,13 +149,22 @@ def grant_matches(patterns: tuple[str, ...], channel: str) -> bool:
     return False
 
 
+def is_unix_time(value: object) -> bool:
+    """Is ``value`` a usable expiry: a number of seconds after 1970, up to the end of year 9999?
+
+    NaN fails the range check too (every comparison with it is false), and so does infinity;
+    an integer too large for a float never reaches ``float()``.
+    """
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value <= MAX_EXPIRY
+
+
 def claims_from(payload: Mapping[str, Any], *, channels_key: str = "channels", publish_key: str = "publish") -> Claims:
     sub = payload.get("sub")
     if not isinstance(sub, str) or not sub or len(sub) > 255:
         raise TokenError("sub must be a non-empty string of at most 255 characters")
     exp = payload.get("exp")
-    if exp is not None and (isinstance(exp, bool) or not isinstance(exp, (int, float))):
-        raise TokenError("exp must be a number")
+    if exp is not None and not is_unix_time(exp):
+        raise TokenError(f"exp must be a Unix time in seconds, at most {MAX_EXPIRY}")
     return Claims(
         user=sub,
         expires=float(exp) if exp is not None else None,
@@ -187,8 +198,9 @@ def load_public_key(path: str) -> tuple[Any, str]:
 class JWKSCache:
     """Keys from a JWKS URL, by ``kid``; fetched on demand, cached, never hammered.
 
-    A fetch runs in a worker thread with a bounded timeout and is awaited by the
-    request that needed it, so there is no background task to own.  Unknown
+    A fetch runs on the event loop (node.jwks) within ``timeout`` seconds in
+    all, and is awaited by the handshake that needed it, so there is no
+    background task to own and no handshake waits longer than that.  Unknown
     kids trigger a refetch (keys rotate) at most once per ``min_refetch``
     seconds, so a client cannot make the node fetch on every connect.
     """
@@ -212,31 +224,19 @@ class JWKSCache:
         return self._keys.get(kid)
 
     async def _refresh(self, seen: float) -> None:
+        # Handshakes that arrive during a fetch wait here, for at most what is left of it.
         async with self._lock:
             if self._fetched != seen:
                 return  # someone else fetched while we waited
             self._fetched = time.monotonic()
             try:
-                async with asyncio.timeout(self.timeout + 1):
-                    raw = await asyncio.to_thread(self._fetch)
-                keyset = jwt.PyJWKSet.from_dict(json.loads(raw))
-            except (OSError, ValueError, TimeoutError, jwt.PyJWKSetError) as exc:
-                # Keep serving with the keys we have; the URL is config, not a secret.
+                keys = jwks.parse(await jwks.fetch(self.url, self.timeout))
+            except jwks.JWKSError as exc:
+                # Keep serving with the keys we have.  The URL's password is masked by the log formatter.
                 log.warning("JWKS fetch failed", extra={"url": self.url, "error": str(exc)[:200]})
                 return
-            keys: dict[str | None, jwt.PyJWK] = {k.key_id: k for k in keyset.keys if k.key_id}
-            if len(keyset.keys) == 1:
-                keys[None] = keyset.keys[0]  # a lone key also serves tokens without a kid
             self._keys = keys
             self._loaded = time.monotonic()
-
-    def _fetch(self) -> bytes:
-        request = urllib.request.Request(self.url, headers={"accept": "application/json"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - operator-set URL
-            body: bytes = response.read(MAX_JWKS_BYTES + 1)
-        if len(body) > MAX_JWKS_BYTES:
-            raise ValueError("JWKS document is larger than 1 MiB")
-        return body
 
 
 class TokenVerifier:
@@ -248,12 +248,13 @@ class TokenVerifier:
         secret: str = "",
         public_key_file: str = "",
         jwks_url: str = "",
+        jwks_timeout: float = 5.0,
         audience: str = "",
         issuer: str = "",
     ) -> None:
         self.secret = secret.encode() if secret else None
         self.public_key = load_public_key(public_key_file) if public_key_file else None
-        self.jwks = JWKSCache(jwks_url) if jwks_url else None
+        self.jwks = JWKSCache(jwks_url, timeout=jwks_timeout) if jwks_url else None
         self.audience = audience or None
         self.issuer = issuer or None
 
@@ -261,7 +262,8 @@ class TokenVerifier:
     def enabled(self) -> bool:
         return self.secret is not None or self.public_key is not None or self.jwks is not None
 
-    async def _key_for(self, header: Mapping[str, Any]) -> tuple[Any, str]:
+    def _key_now(self, header: Mapping[str, Any]) -> tuple[Any, str] | None:
+        """The key and algorithm for a token's header, or None when the JWKS must say."""
         alg = header.get("alg")
         if alg == "HS256" and self.secret is not None:
             return self.secret, alg
@@ -270,36 +272,70 @@ class TokenVerifier:
             if kid is not None and not isinstance(kid, str):
                 raise TokenError("kid must be a string")
             if self.jwks is not None and (kid is not None or self.public_key is None):
-                jwk = await self.jwks.key(kid)
-                if jwk is None:
-                    raise TokenError("no key with this kid in the JWKS")
-                if jwk.algorithm_name != alg:
-                    raise TokenError(f"the key with this kid does not verify {alg}")
-                return jwk.key, alg
+                return None
             if self.public_key is not None and self.public_key[1] == alg:
                 return self.public_key[0], alg
         raise TokenError(f"tokens signed with {str(alg)[:16]!r} are not accepted here")
 
+    async def _key_from_jwks(self, header: Mapping[str, Any]) -> tuple[Any, str]:
+        assert self.jwks is not None
+        alg = str(header.get("alg"))
+        jwk = await self.jwks.key(header.get("kid"))
+        if jwk is None:
+            raise TokenError("no key with this kid in the JWKS")
+        if jwk.algorithm_name != alg:
+            raise TokenError(f"the key with this kid does not verify {alg}")
+        return jwk.key, alg
+
     async def verify(self, token: str) -> Claims:
         """The claims of a valid token; raises :class:`TokenError` otherwise."""
+        try:
+            header = self._header(token)
+            key = self._key_now(header) or await self._key_from_jwks(header)
+            return self._decode(token, key)
+        except _FAILURES as exc:
+            raise _refusal(exc) from None
+
+    def verify_now(self, token: str) -> Claims | None:
+        """Like :meth:`verify` without I/O: None when the key would come from the JWKS.
+
+        For refusing a request from its head, before its body is read (node.access).
+        """
+        try:
+            key = self._key_now(self._header(token))
+            return None if key is None else self._decode(token, key)
+        except _FAILURES as exc:
+            raise _refusal(exc) from None
+
+    @staticmethod
+    def _header(token: str) -> dict[str, Any]:
         if len(token) > MAX_TOKEN_LENGTH:
             raise TokenError("token is too long")
-        try:
-            header = jwt.get_unverified_header(token)
-            key, alg = await self._key_for(header)
-            payload = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=self.audience,
-                issuer=self.issuer,
-                options={"require": ["exp", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token has expired", expired=True) from None
-        except jwt.InvalidTokenError as exc:
-            # PyJWT's messages name the failed check, never the token or key.
-            raise TokenError(f"invalid token: {exc}") from None
-        except (ValueError, TypeError) as exc:  # malformed keys or claims deep inside PyJWT
-            raise TokenError(f"invalid token: {type(exc).__name__}") from None
+        return jwt.get_unverified_header(token)
+
+    def _decode(self, token: str, key: tuple[Any, str]) -> Claims:
+        payload = jwt.decode(
+            token,
+            key[0],
+            algorithms=[key[1]],
+            audience=self.audience,
+            issuer=self.issuer,
+            options={"require": ["exp", "sub"]},
+        )
+        if self.audience is None and "aud" in payload:
+            # PyJWT lets an empty aud ("" or []) through; a node without an audience takes none.
+            raise TokenError("invalid token: this node accepts only tokens without an aud claim")
         return claims_from(payload)
+
+
+# What PyJWT and the key parsers raise for a token that is not acceptable.
+_FAILURES = (jwt.InvalidTokenError, ValueError, TypeError, OverflowError)
+
+
+def _refusal(exc: Exception) -> TokenError:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return TokenError("token has expired", expired=True)
+    if isinstance(exc, jwt.InvalidTokenError):
+        # PyJWT's messages name the failed check, never the token or key.
+        return TokenError(f"invalid token: {exc}")
+    return TokenError(f"invalid token: {type(exc).__name__}")  # malformed keys or claims deep inside PyJWT

@@ -13,9 +13,12 @@ import urllib.request
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from broker_adapters.errors import ConfigError
+
 from . import __version__
 from .cluster import cli as cluster_cli
-from .settings import Settings, SettingsError, add_arguments, markdown_table
+from .redaction import redact
+from .settings import INTERNAL_KEY_HEADER, Settings, SettingsError, add_arguments, env_secret, markdown_table
 from .startup import ExitStatus, StartupError
 
 
@@ -90,7 +93,11 @@ def _drain(url: str, wait: bool) -> int:
     """
     endpoint = url.rstrip("/") + "/drain"
     try:
-        with urllib.request.urlopen(urllib.request.Request(endpoint, data=b"", method="POST"), timeout=10) as response:
+        # On loopback (the preStop hook) no key is needed; from elsewhere the node wants its internal key.
+        key = env_secret("internal_key", os.environ)
+        headers = {INTERNAL_KEY_HEADER: key} if key else {}
+        request = urllib.request.Request(endpoint, data=b"", method="POST", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
             status = json.loads(response.read())
         print(json.dumps(status))
         deadline = time.monotonic() + float(status["window"]) + 5.0
@@ -98,7 +105,7 @@ def _drain(url: str, wait: bool) -> int:
             time.sleep(0.5)
             with urllib.request.urlopen(endpoint, timeout=5) as response:
                 status = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, KeyError, SettingsError) as exc:
         # A node that is already gone has nothing left to drain.
         print(f"drain: {exc}", file=sys.stderr)
         return 1
@@ -113,8 +120,10 @@ def _node(args: argparse.Namespace) -> int:
 
     try:
         serve(Settings.from_namespace(args, os.environ))
-    except (SettingsError, StartupError) as exc:
-        print(f"fanline node: error: {exc}", file=sys.stderr)
+    except (ConfigError, StartupError) as exc:
+        # A setting the node refuses (a broker URL, a ticket_ttl its broker
+        # cannot keep), a port in use: one line naming it, secrets masked.
+        print(f"fanline node: error: {redact(str(exc))}", file=sys.stderr)
         return exc.status if isinstance(exc, StartupError) else ExitStatus.CONFIG
     return ExitStatus.OK
 

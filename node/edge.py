@@ -11,7 +11,10 @@ for each accepted socket it runs :class:`EdgeProtocol`, which Fanline owns
 - ``GET /sse``: checks the request and the credential and hands the socket
   to an :class:`~node.sse.SSEConnection`;
 - anything else: runs the request through the Starlette application
-  (:class:`~node.asgi_http.Exchange`), keeping the connection alive.
+  (:class:`~node.asgi_http.Exchange`), keeping the connection alive.  An
+  ``/api/*`` request is first checked from its head
+  (:meth:`~node.access.AccessPolicy.precheck_api`): one without a good
+  credential is refused before its body is read.
 
 Until a connection is *established* (a WebSocket or stream with a proven
 identity), it is *pending*: pending connections are counted apart from
@@ -84,10 +87,18 @@ def _scope(request: Request) -> dict[str, Any]:
     return {"headers": request.headers, "query_string": request.query}
 
 
+def _header_map(request: Request) -> dict[str, str]:
+    """A request's headers by name, the first of each (as Starlette's ``Headers.get`` answers)."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return headers
+
+
 class EdgeProtocol(asyncio.Protocol):
     __slots__ = (
         "edge", "node", "transport", "reader", "internal", "counted", "task", "exchange", "timer", "server",
-        "client", "handed_over", "_continued",
+        "client", "handed_over", "_continued", "_checked",
     )
 
     def __init__(self, edge: Edge) -> None:
@@ -104,6 +115,8 @@ class EdgeProtocol(asyncio.Protocol):
         self.client: tuple[str, int] | None = None
         self.handed_over = False
         self._continued = False
+        # The request whose head passed the /api/* pre-check.
+        self._checked: Request | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -214,6 +227,13 @@ class EdgeProtocol(asyncio.Protocol):
         if self.task is not None or not self.reader.requests or self.handed_over:
             return
         request = self.reader.requests[0]
+        if self._checked is not request and not self.internal and request.path.startswith("/api/"):
+            self._checked = request
+            try:
+                self.node.access.precheck_api(request.path, _header_map(request))
+            except ClientError as exc:
+                self._fail(exc)
+                return
         if not self.internal and request.path == "/ws" and request.method == "GET" and request.upgrade:
             self._upgrade(request)
         elif not self.internal and request.path == "/sse" and request.method == "GET":

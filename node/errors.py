@@ -34,6 +34,8 @@ from typing import Any
 
 from broker_adapters.errors import FanlineError
 
+from .redaction import redact
+
 
 class ErrorCode(enum.StrEnum):
     """Error codes carried by ``error`` messages and HTTP error bodies."""
@@ -160,6 +162,8 @@ class ClientError(FanlineError):
         channel: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
+        # Messages often carry a library's exception text: never a secret in it (node.redaction).
+        message = redact(message)
         super().__init__(message)
         self.code = code
         self.message = message

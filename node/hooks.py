@@ -43,6 +43,7 @@ from urllib.parse import parse_qsl
 
 from broker_adapters.types import InvalidChannel, InvalidEventId, Position, validate_channel
 
+from .auth import is_unix_time
 from .errors import ClientError, CloseCode, ErrorCode
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def parse_answer(status: int, body: bytes, max_channel_length: int = 255) -> Ans
         not isinstance(allow, bool)
         or not isinstance(reason, str)
         or not (user is None or isinstance(user, str) and 0 < len(user) <= 255)
-        or not (expire_at is None or isinstance(expire_at, (int, float)) and not isinstance(expire_at, bool))
+        or not (expire_at is None or is_unix_time(expire_at))
         or not isinstance(channels, list)
         or len(channels) > MAX_SERVER_CHANNELS
     ):

@@ -1,10 +1,17 @@
-"""Structured logs: one JSON object per line on stderr."""
+"""Structured logs: one JSON object per line on stderr.
+
+Every value of every line passes through node.redaction, so a secret is
+masked whichever library wrote it (docs/security.md, "Secrets and logs").
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Iterable
+
+from . import redaction
 
 # Attributes every LogRecord has; anything else was passed through ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -20,18 +27,19 @@ class JSONFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redaction.redact(record.getMessage()),
             "node": self.node,
         }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+                entry[key] = redaction.scrub(value)
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redaction.redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
-def configure(level: str, node: str) -> None:
+def configure(level: str, node: str, secrets: Iterable[str] = ()) -> None:
+    redaction.register(secrets)
     handler = logging.StreamHandler()
     handler.setFormatter(JSONFormatter(node))
     root = logging.getLogger()

@@ -11,6 +11,7 @@ the specification; this module is its implementation.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,24 @@ PROTOCOL_VERSION = 1
 
 def _refusal(code: ErrorCode, message: str, rid: Any = None, channel: str | None = None) -> ClientError:
     return ClientError(code, message, rid=rid, channel=channel)
+
+
+def _not_json(token: str) -> float:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:24]} is beyond a double")
+    return value
+
+
+def strict_loads(text: str | bytes) -> Any:
+    """``json.loads`` without Python's extensions: NaN, Infinity and numbers beyond a double
+    raise ValueError, so no such value gets in to be echoed back as non-JSON (a ``rid``)
+    or to become a time (a ticket's ``exp``)."""
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
 
 
 # -- client messages -------------------------------------------------------------
@@ -106,7 +125,7 @@ def _rid(message: dict[str, Any]) -> Any:
 def parse_client_message(text: str, *, max_channel_length: int = 255) -> ClientMessage:
     """Parse one client message.  Raises :class:`~node.errors.ClientError` with a documented code."""
     try:
-        message = json.loads(text)
+        message = strict_loads(text)
     except ValueError as exc:
         raise _refusal(ErrorCode.INVALID_JSON, f"frame is not JSON: {exc}") from None
     except RecursionError:

@@ -47,7 +47,7 @@ class Node:
     def __init__(self, settings: Settings, broker: Broker | None = None) -> None:
         self.settings = settings
         self.name = settings.node_name
-        self.broker = broker if broker is not None else open_broker(settings.broker)
+        self.broker = broker if broker is not None else open_broker(settings.broker_url)
         self.metrics = Metrics(self.broker.stats)
         self.hub = Hub(
             self.broker,

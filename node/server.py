@@ -131,7 +131,8 @@ def _scheme(url: str) -> str:
 
 def serve(settings: Settings) -> None:
     """Run a node until it is stopped; raise :class:`StartupError` if it cannot start."""
-    configure(settings.log_level, settings.node_name)
+    # Every secret the settings hold is masked in every log line from here on (node.redaction).
+    configure(settings.log_level, settings.node_name, settings.secret_values())
     raise_file_limit()
     check_files(settings)
     try:
@@ -145,7 +146,8 @@ def serve(settings: Settings) -> None:
     sockets = [_listen(settings.host, settings.port, "port")]
     try:
         if settings.internal_port:
-            sockets.append(_listen(settings.host, settings.internal_port, "internal_port"))
+            # Its own address: loopback unless the operator opens it (docs/operations.md).
+            sockets.append(_listen(settings.internal_host, settings.internal_port, "internal_port"))
     except StartupError:
         for sock in sockets:
             sock.close()

@@ -30,6 +30,7 @@ from broker_adapters.control import MAX_REASON, Command
 from broker_adapters.presence import users_of
 from broker_adapters.types import InvalidChannel, InvalidEventId, Position, Publication, validate_channel
 
+from .auth import is_unix_time
 from .commands import DEFAULT_DISCONNECT_CODE, MAX_BAN
 from .errors import ClientError, ErrorCode
 
@@ -213,6 +214,9 @@ def api_routes(node: Node, guarded: Callable[[Handler], Any], read_json: ReadJSO
         body = await read_json(node, request)
         user = _user(body)
         expire_at = _field(body, "expire_at", (int, float))
+        if not is_unix_time(expire_at):
+            # Sent on to every node, where it becomes a timer: a number beyond a float would fail there.
+            raise ClientError(ErrorCode.INVALID_MESSAGE, "expire_at must be a Unix time in seconds, at most year 9999")
         await node.control.send(
             Command.REFRESH, user=user, expire_at=expire_at, client=_field(body, "client", str, required=False)
         )

@@ -4,26 +4,80 @@ Every field of :class:`Settings` is a flag ``--field-name`` and an environment
 variable ``FANLINE_FIELD_NAME``.  A flag wins over the environment, which wins
 over the default.  ``fanline settings`` prints the table that
 docs/configuration.md carries, so the docs cannot drift from the code.
+
+Secrets.  A setting marked :attr:`Secrecy.SECRET` (the whole value) or
+:attr:`Secrecy.URL` (a URL whose password is secret) can also be read from a
+file, ``--field-name-file`` / ``FANLINE_FIELD_NAME_FILE``, which is how
+Kubernetes mounts a Secret; it is masked in the settings log line, and
+:meth:`Settings.secret_values` gives node.redaction every value to mask
+anywhere else.  One mechanism for every secret, so a new secret setting
+gets all of it by being marked.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
+import math
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from broker_adapters.errors import ConfigError
 
+from .redaction import MASK, redact_url
+
 ENV_PREFIX = "FANLINE_"
+FILE_SUFFIX = "_file"
+#: The header that carries ``internal_key`` (not Authorization: the Kubernetes API server's
+#: pod proxy strips that one).
+INTERNAL_KEY_HEADER = "x-fanline-internal-key"
 SLOW_CONSUMER_POLICIES = ("disconnect", "reset", "latest")
 
 
-def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
-    return field(default=default, metadata={"help": help, "secret": secret})
+class Secrecy(enum.Enum):
+    PLAIN = "plain"
+    SECRET = "secret"  # the whole value
+    URL = "url"  # a URL whose password (userinfo) is secret
+
+
+def _setting(default: Any, help: str, *, secret: bool = False, url: bool = False) -> Any:
+    secrecy = Secrecy.SECRET if secret else Secrecy.URL if url else Secrecy.PLAIN
+    return field(default=default, metadata={"help": help, "secrecy": secrecy})
+
+
+def secrecy(f: dataclasses.Field[Any]) -> Secrecy:
+    value: Secrecy = f.metadata.get("secrecy", Secrecy.PLAIN)
+    return value
+
+
+# Broker URL schemes whose adapters take a password in the URL's userinfo, and whether
+# they percent-decode it (redis-py does; nats-py passes it on as written).
+_PASSWORD_SCHEMES = {"redis": True, "rediss": True, "nats": False, "tls": False}
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` in its userinfo (its user name kept).  Raises SettingsError."""
+    parts = urlsplit(url)
+    decodes = _PASSWORD_SCHEMES.get(parts.scheme)
+    if decodes is None:
+        schemes = ", ".join(f"{s}://" for s in _PASSWORD_SCHEMES)
+        raise SettingsError(f"broker_password works with {schemes} URLs; {parts.scheme}:// takes no password")
+    if parts.password is not None:
+        raise SettingsError("the broker URL carries a password already: set it there or in broker_password, not both")
+    if not decodes and not set(password) <= _UNRESERVED:
+        raise SettingsError(
+            "NATS reads a URL's password as written, so broker_password may hold only letters, digits and "
+            "- . _ ~; put a URL with any other password in broker (or broker_file) instead"
+        )
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{hosts}"))
 
 
 class SettingsError(ConfigError):
@@ -40,7 +94,21 @@ class Settings:
         "Port for metrics, health and drain, kept off the client port. "
         "0 serves them on the client port instead.",
     )
-    broker: str = _setting("memory://", "Broker URL: memory://, redis://, nats:// or kafka://.")
+    internal_host: str = _setting(
+        "127.0.0.1",
+        "Address the internal port listens on. Loopback keeps /metrics, /drain and /shed on this host; "
+        "in Kubernetes use the pod's address (0.0.0.0), since probes, Prometheus and the API server's pod "
+        "proxy connect from outside the pod (the Helm chart sets it).",
+    )
+    broker: str = _setting(
+        "memory://", "Broker URL: memory://, redis://, nats:// or kafka://. Its password is masked in logs.", url=True
+    )
+    broker_password: str = _setting(
+        "",
+        "Password for the broker, put into the broker URL (its user name kept): for redis://, rediss://, "
+        "nats:// and tls:// URLs.",
+        secret=True,
+    )
     node_id: str = _setting("", "Name of this node in logs and metrics; defaults to hostname-pid.")
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
     demo: bool = _setting(True, "Serve the demo page at /.")
@@ -165,14 +233,30 @@ class Settings:
         "", "HS256 secret for connection tokens. Setting any JWT key makes a token required.", secret=True
     )
     jwt_public_key_file: str = _setting("", "PEM public key (RSA or P-256 EC) for RS256/ES256 connection tokens.")
-    jwks_url: str = _setting("", "JWKS URL for RS256/ES256 tokens, keys picked by kid; fetched with a 5 s timeout, cached 5 min.")
+    jwks_url: str = _setting(
+        "", "JWKS URL for RS256/ES256 tokens, keys picked by kid; cached 5 min. Its password is masked in logs.",
+        url=True,
+    )
+    jwks_timeout: float = _setting(
+        5.0,
+        "Seconds one JWKS fetch may take in all (connect, TLS, response); a handshake waits at most this long "
+        "for keys, and a failed fetch keeps the keys the node has.",
+    )
     jwt_audience: str = _setting("", "Required aud claim of connection tokens; empty: tokens must carry no aud.")
     jwt_issuer: str = _setting("", "Required iss claim of connection tokens; empty: not checked.")
     api_keys: str = _setting(
-        "", "Comma-separated API keys for /api/publish and server-side /api/tickets; empty: no key needed.", secret=True
+        "",
+        "API keys for /api/publish and server-side /api/tickets, separated by commas (or one per line in a "
+        "file); empty: no key needed.",
+        secret=True,
     )
     allowed_origins: str = _setting(
         "", "Comma-separated browser origins allowed to connect; empty: same-origin only; *: any origin."
+    )
+    allowed_hosts: str = _setting(
+        "",
+        "Comma-separated host names the client port answers to (the Host header, without port); others "
+        "get 400. Empty: any. Stops DNS rebinding.",
     )
     channel_rules: str = _setting(
         "",
@@ -184,7 +268,15 @@ class Settings:
         "", "Secret signing connection tickets, shared by all nodes; empty: derived from jwt_secret.", secret=True
     )
     ticket_ttl: float = _setting(30.0, "Seconds a connection ticket stays valid (it is single-use).")
-    auth_timeout: float = _setting(5.0, "Seconds a WebSocket may take to send its auth frame when it needs one.")
+    auth_timeout: float = _setting(
+        3.0, "Seconds a WebSocket may take to send its auth frame when it needs one (after its handshake)."
+    )
+    internal_key: str = _setting(
+        "",
+        "Key that lets a caller from beyond loopback POST /drain and /shed (header X-Fanline-Internal-Key); "
+        "empty: only callers on 127.0.0.1 or ::1 may.",
+        secret=True,
+    )
 
     # -- presence (docs/presence.md) ------------------------------------------------
     presence_namespaces: str = _setting(
@@ -213,6 +305,7 @@ class Settings:
         "",
         "Broker URL (redis:// or nats://) that keeps presence when the broker has no structure for it "
         "(Kafka); empty: the broker itself.",
+        url=True,
     )
     announce_interval: float = _setting(
         3.0,
@@ -221,11 +314,12 @@ class Settings:
     )
 
     # -- backend hooks (docs/hooks.md) ------------------------------------------------
-    hook_connect_url: str = _setting("", "URL the node POSTs to on every connect; empty: no connect hook.")
-    hook_subscribe_url: str = _setting("", "URL the node POSTs to on every client subscribe; empty: none.")
-    hook_publish_url: str = _setting("", "URL the node POSTs to on every client publish; empty: none.")
+    hook_connect_url: str = _setting("", "URL the node POSTs to on every connect; empty: no connect hook.", url=True)
+    hook_subscribe_url: str = _setting("", "URL the node POSTs to on every client subscribe; empty: none.", url=True)
+    hook_publish_url: str = _setting("", "URL the node POSTs to on every client publish; empty: none.", url=True)
     hook_refresh_url: str = _setting(
-        "", "URL the node POSTs to when a connection's expiry set by the connect hook arrives; empty: none."
+        "", "URL the node POSTs to when a connection's expiry set by the connect hook arrives; empty: none.",
+        url=True,
     )
     hook_timeout: float = _setting(1.0, "Seconds a hook call may take, waiting for a free slot included.")
     hook_max_concurrency: int = _setting(64, "Hook calls in flight per node; more wait (within hook_timeout).")
@@ -269,7 +363,12 @@ class Settings:
             "announce_interval",
             "hook_timeout",
             "hook_max_concurrency",
+            "jwks_timeout",
         )
+        for f in dataclasses.fields(self):
+            # NaN passes every comparison below, and infinity is no timeout at all.
+            if _type_name(f) == "float" and not math.isfinite(getattr(self, f.name)):
+                raise SettingsError(f"{f.name} must be a finite number")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be greater than 0")
@@ -286,6 +385,8 @@ class Settings:
             raise SettingsError("presence_refresh must be less than presence_ttl")
         if self.hook_failure not in ("deny", "allow"):
             raise SettingsError("hook_failure must be deny or allow")
+        if self.broker_password:
+            with_password(self.broker, self.broker_password)
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise SettingsError("log_level must be debug, info, warning or error")
 
@@ -308,6 +409,28 @@ class Settings:
     def node_name(self) -> str:
         return self.node_id or f"{socket.gethostname()}-{os.getpid()}"
 
+    @property
+    def broker_url(self) -> str:
+        """The URL the node connects to: ``broker`` with ``broker_password`` in it, when set."""
+        return with_password(self.broker, self.broker_password) if self.broker_password else self.broker
+
+    def secret_values(self) -> Iterator[str]:
+        """Every secret value these settings hold, for node.redaction to mask wherever it appears."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = secrecy(f)
+            if not value or kind is Secrecy.PLAIN:
+                continue
+            if kind is Secrecy.SECRET:
+                yield value
+                # A list of keys: each key is a secret on its own.
+                yield from (part.strip() for part in value.replace("\n", ",").split(",") if part.strip())
+            else:
+                password = _url_password(value)
+                if password:
+                    yield password
+                    yield unquote(password)
+
     # -- loading -----------------------------------------------------------------
 
     @classmethod
@@ -324,11 +447,23 @@ class Settings:
     def from_namespace(cls, namespace: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            flag_value = getattr(namespace, f.name, None)
-            if flag_value is not None:
-                values[f.name] = _convert(f, flag_value)
-            elif ENV_PREFIX + f.name.upper() in environ:
-                values[f.name] = _convert(f, environ[ENV_PREFIX + f.name.upper()])
+            has_file = secrecy(f) is not Secrecy.PLAIN
+            flag_file = getattr(namespace, f.name + FILE_SUFFIX, None) if has_file else None
+            env_name = ENV_PREFIX + f.name.upper()
+            env_file = environ.get(env_name + FILE_SUFFIX.upper()) if has_file else None
+            # The flags, either form, win over the environment, either form.
+            for value, path, where in (
+                (getattr(namespace, f.name, None), flag_file, "flags"),
+                (environ.get(env_name), env_file, "environment"),
+            ):
+                if value is not None and path is not None:
+                    raise SettingsError(f"{f.name} and {f.name}{FILE_SUFFIX} are both set in the {where}: set one")
+                if value is not None:
+                    values[f.name] = _convert(f, value)
+                    break
+                if path is not None:
+                    values[f.name] = read_secret_file(f.name, path)
+                    break
         return cls(**values)
 
     def redacted(self) -> dict[str, Any]:
@@ -336,8 +471,46 @@ class Settings:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = "***" if f.metadata.get("secret") and value else value
+            kind = secrecy(f)
+            if kind is Secrecy.SECRET and value:
+                value = MASK
+            elif kind is Secrecy.URL and value:
+                value = redact_url(value)
+            out[f.name] = value
         return out
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def read_secret_file(name: str, path: str) -> str:
+    """A secret from a file, as Kubernetes mounts them.  One trailing newline (what ``echo`` adds) is
+    not part of it; an empty file is refused, since an empty secret would switch the check off."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise SettingsError(f"{name}{FILE_SUFFIX}: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{name}{FILE_SUFFIX}: {path} is not UTF-8 text") from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value.strip():
+        raise SettingsError(f"{name}{FILE_SUFFIX}: {path} is empty")
+    return value
+
+
+def env_secret(name: str, environ: Mapping[str, str]) -> str:
+    """A secret setting for the other commands (``fanline drain``, ``fanline cluster``): from
+    ``FANLINE_NAME`` or the file ``FANLINE_NAME_FILE`` names; empty when neither is set."""
+    variable = ENV_PREFIX + name.upper()
+    if environ.get(variable):
+        return environ[variable]
+    path = environ.get(variable + FILE_SUFFIX.upper())
+    return read_secret_file(name, path) if path else ""
 
 
 def _type_name(f: dataclasses.Field[Any]) -> str:
@@ -381,6 +554,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, metavar=_type_name(f).upper(), help=help_text)
+        if secrecy(f) is not Secrecy.PLAIN:
+            parser.add_argument(
+                flag + "-file", dest=f.name + FILE_SUFFIX, default=None, metavar="PATH",
+                help=f"read {f.name} from this file [env {ENV_PREFIX}{f.name.upper()}{FILE_SUFFIX.upper()}]",
+            )  # fmt: skip
+
+
+def _secret_note(f: dataclasses.Field[Any]) -> str:
+    kind = secrecy(f)
+    if kind is Secrecy.PLAIN:
+        return ""
+    what = "Secret: masked in logs" if kind is Secrecy.SECRET else "Masked in logs"
+    name = f.name.replace("_", "-")
+    return f" *{what}; also read from a file: `--{name}-file`, `{ENV_PREFIX}{f.name.upper()}_FILE`.*"
 
 
 def markdown_table() -> str:
@@ -392,6 +579,6 @@ def markdown_table() -> str:
     for f in dataclasses.fields(Settings):
         rows.append(
             f"| `--{f.name.replace('_', '-')}` | `{ENV_PREFIX}{f.name.upper()}` | `{_shown_default(f)}` | "
-            f"{f.metadata['help']} |"
+            f"{f.metadata['help']}{_secret_note(f)} |"
         )
     return "\n".join(rows) + "\n"

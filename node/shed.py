@@ -50,8 +50,9 @@ def _bad(message: str) -> ClientError:
 def parse_request(query: Mapping[str, str], default_window: float) -> ShedRequest:
     """``count`` (required, >= 0) and ``window`` (seconds, default the drain window) from a query string."""
     raw_count = query.get("count")
-    if raw_count is None or not raw_count.isdigit():
-        raise _bad("count must be a non-negative integer")
+    # Bounded before int(): a 5000-digit count would raise past Python's int-string limit.
+    if raw_count is None or not raw_count.isdigit() or len(raw_count) > 9:
+        raise _bad("count must be an integer from 0 to 999999999")
     raw_window = query.get("window")
     try:
         window = default_window if raw_window is None else float(raw_window)

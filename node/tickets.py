@@ -16,7 +16,9 @@ publishes a claim (its name and a random nonce) to the internal channel
 start.  The ticket is valid only if the FIRST publication is this node's own
 claim: the broker's log order decides between racing nodes, the same way on
 every adapter.  This needs the channel's history to outlive the ticket
-(``history_ttl`` > ``ticket_ttl``), which every adapter's default does.
+(``history_ttl`` and ``meta_ttl`` > ``ticket_ttl``): once the broker forgets
+the claim, the channel starts afresh and the ticket would work again, so a
+node with a shorter retention refuses to start (:func:`retention_problem`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 
@@ -40,7 +43,33 @@ from .auth import Claims, TokenError, claims_from
 TICKET_CHANNEL_PREFIX = "fanline.ticket."
 _KEY_LABEL = b"fanline ticket signing key v1"
 _TYPE = "fanline-ticket"
-_ID = re.compile(r"^[0-9a-f]{32}$")
+_ID = re.compile(r"[0-9a-f]{32}")
+# The adapters' defaults (docs/brokers.md), for a broker URL that does not set them.
+DEFAULT_HISTORY_TTL = 600.0
+DEFAULT_META_TTL = 86400.0
+
+
+def retention_problem(broker_url: str, ticket_ttl: float) -> str | None:
+    """Why this broker would let a used ticket be redeemed again (or never at all); None if it would not.
+
+    Reads ``history_size``, ``history_ttl`` and ``meta_ttl`` from the broker
+    URL, where every adapter takes them.  A value the adapter cannot parse is
+    the adapter's to refuse.
+    """
+    query = dict(parse_qsl(urlsplit(broker_url).query))
+    try:
+        size = int(query.get("history_size", "1"))
+        kept = min(float(query.get("history_ttl", DEFAULT_HISTORY_TTL)), float(query.get("meta_ttl", DEFAULT_META_TTL)))
+    except ValueError:
+        return None
+    if size == 0:
+        return "tickets need the broker's history, and the broker URL sets history_size=0"
+    if kept <= ticket_ttl:
+        return (
+            f"ticket_ttl ({ticket_ttl:g} s) must be shorter than the broker's history_ttl and meta_ttl ({kept:g} s): "
+            "the claim that makes a ticket single-use would expire before the ticket, which could then be used again"
+        )
+    return None
 
 
 class TicketUnavailable(Exception):
@@ -86,7 +115,7 @@ class TicketBook:
         except jwt.InvalidTokenError as exc:
             raise TokenError(f"invalid ticket: {exc}") from None
         ticket_id = payload.get("jti")
-        if payload.get("typ") != _TYPE or not isinstance(ticket_id, str) or _ID.match(ticket_id) is None:
+        if payload.get("typ") != _TYPE or not isinstance(ticket_id, str) or _ID.fullmatch(ticket_id) is None:
             raise TokenError("invalid ticket: not a Fanline ticket")
         claims = claims_from({**payload, "exp": payload.get("session_exp")})
         if claims.expires is not None and claims.expires <= time.time():

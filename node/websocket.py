@@ -196,6 +196,11 @@ class WebSocketConnection(Connection):
     def on_message(self, message: Message) -> None:
         if self.closing is not None:
             return
+        if self._auth_timer is not None:
+            # The auth frame came in time; verifying it is bounded on its own (jwks_timeout,
+            # the broker's timeouts for a ticket), so a slow JWKS does not read as "no auth frame".
+            self._auth_timer.cancel()
+            self._auth_timer = None
         # Every frame counts against the rate limit, whatever it holds.
         if not self.admit_message():
             return

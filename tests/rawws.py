@@ -40,18 +40,20 @@ class RawWebSocket:
         self.status = int(head.split(b" ", 2)[1])
 
     def send_json(self, message: dict[str, Any]) -> None:
-        payload = json.dumps(message).encode()
-        mask = os.urandom(4)
-        header = bytes([0x81])
-        length = len(payload)
-        if length < 126:
-            header += bytes([0x80 | length])
-        elif length < 65536:
-            header += bytes([0x80 | 126]) + struct.pack("!H", length)
-        else:
-            header += bytes([0x80 | 127]) + struct.pack("!Q", length)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+        self.sock.sendall(frame_bytes(0x1, json.dumps(message).encode()))
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        """One masked, final frame: lets a test send what a library would refuse (bad UTF-8 text)."""
+        self.sock.sendall(frame_bytes(opcode, payload))
+
+    def recv_close(self) -> tuple[int, str, list[dict[str, Any]]]:
+        """Read until the server's close frame: (code, reason, the messages before it)."""
+        messages: list[dict[str, Any]] = []
+        while True:
+            try:
+                messages.extend(self.recv_messages())
+            except ClosedByServer as closed:
+                return closed.code, closed.reason, messages
 
     def _read_exact(self, count: int) -> bytes:
         while len(self.buffer) < count:
@@ -91,3 +93,20 @@ class ClosedByServer(Exception):
         super().__init__(f"closed by server: {code} {reason}")
         self.code = code
         self.reason = reason
+
+
+def frame_bytes(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+    """A client frame, as RFC 6455 lays it out (masked unless told otherwise)."""
+    header = bytes([(0x80 if fin else 0) | (rsv & 0x70) | (opcode & 0x0F)])
+    length = len(payload)
+    flag = 0x80 if masked else 0
+    if length < 126:
+        header += bytes([flag | length])
+    elif length < 65536:
+        header += bytes([flag | 126]) + struct.pack("!H", length)
+    else:
+        header += bytes([flag | 127]) + struct.pack("!Q", length)
+    if not masked:
+        return header + payload
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -351,7 +351,7 @@ def test_pod_runs_non_root_on_a_read_only_root(chart: Any) -> None:
 
 def test_config_goes_to_configmap_and_credentials_to_secret(chart: Any) -> None:
     values = load_values(CHART_DIR / "ci" / "gateway-values.yaml")
-    values["auth"] = {"apiKeys": ["k1", "k2"], "jwtSecret": "hmac"}
+    values["auth"] = {**values["auth"], "apiKeys": ["k1", "k2"], "jwtSecret": "hmac"}
     values["extraEnv"] = [{"name": "FANLINE_REPLAY_LIMIT", "value": "500"}]
     objects = render(chart, values)
     config = one(objects, "ConfigMap")["data"]
@@ -723,3 +723,29 @@ def test_11_image_has_no_installer_locked_hashed_dependencies_a_pinned_base_and_
     for name in ("starlette", "uvicorn", "websockets", "redis", "nats-py", "aiokafka", "pyjwt", "uvloop", "prometheus-client"):
         assert f"\n{name}==" in runtime, name
     assert "\nkubernetes==" in (ROOT / "docker" / "requirements-kubernetes.lock").read_text()
+
+
+def test_security_review_12_internal_port_on_the_pod_address_and_the_rebalancer_holds_the_internal_key(
+    chart: Any,
+) -> None:
+    # The node binds its internal port to loopback by default: in a pod it must be the pod's
+    # address, or kubelet probes, Prometheus and the API server's pod proxy could not reach it.
+    for address in ("0.0.0.0", "::"):
+        config = one(render(chart, {"listenAddress": address}), "ConfigMap")["data"]
+        assert config["FANLINE_INTERNAL_HOST"] == config["FANLINE_HOST"] == address
+    # The rebalancer calls POST /shed through the API server: without the key it is refused.
+    with pytest.raises(helm.HelmRenderError, match="rebalancer.enabled needs auth.internalKey"):
+        render(chart, {"rebalancer": {"enabled": True}})
+    objects = render(chart, load_values(CHART_DIR / "ci" / "gateway-values.yaml"))
+    secret = {k: base64.b64decode(v).decode() for k, v in one(objects, "Secret")["data"].items()}
+    assert secret["FANLINE_INTERNAL_KEY"] == "change-me-internal-key"
+    (container,) = one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (env,) = [e for e in container["env"] if e["name"] == "FANLINE_INTERNAL_KEY"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "rt-fanline", "key": "FANLINE_INTERNAL_KEY", "optional": False}
+    # With a Secret of your own, the key comes from it (the Job does not start without it).
+    objects = render(chart, {"existingSecret": "mine", "rebalancer": {"enabled": True}})
+    (container,) = one(objects, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+    # The key is not in the ConfigMap, and not generated (a random one would roll the pods on every render).
+    assert "FANLINE_INTERNAL_KEY" not in one(render(chart), "ConfigMap")["data"]
+    assert "FANLINE_INTERNAL_KEY" not in one(render(chart), "Secret")["data"]

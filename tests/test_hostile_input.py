@@ -1,16 +1,23 @@
 """Hostile input against a real node: property-based, with real clients.
 
-Whatever arrives (random WebSocket frames, query strings, Last-Event-ID values,
-publish bodies, tokens), the node answers with a documented error code or
-does the thing asked, never a 500, never a crash; a bystander keeps receiving
-throughout; a forged resume position never yields another channel's data; and
-thousands of bad frames do not grow the node's memory beyond a generous bound.
+Whatever arrives (random WebSocket frames, text or binary, raw RFC 6455
+frames with any header bits, query strings, Last-Event-ID values, publish
+bodies, ticket requests, tokens, JWKS documents), the node answers with a
+documented error code or does the thing asked, never a 500, never a crash,
+never a traceback; a bystander keeps receiving throughout; a forged resume
+position never yields another channel's data; and thousands of bad frames do
+not grow the node's memory beyond a generous bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import math
+import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +30,11 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from node import jwks
 from node.errors import ErrorCode
 
 from .processes import NodeProcess
+from .rawws import ClosedByServer, RawWebSocket, frame_bytes
 
 DOCUMENTED = {v for k, v in vars(ErrorCode).items() if k.isupper()}
 REPLIES = {"error", "pong", "subscribed", "unsubscribed", "published", "event", "reset", "heartbeat", "refreshed"}
@@ -169,8 +178,68 @@ def test_arbitrary_websocket_frames_get_documented_answers(prober: Prober, frame
     check_replies(prober.send(frame))
 
 
+@FUZZ
+@given(frame=frames)
+@example(frame='{"type":"subscribe","channel":"fuzz:a"}')  # a valid message, in a binary frame
+@example(frame=b"\xff\xfe\x00")
+def test_arbitrary_binary_frames_get_documented_answers(prober: Prober, frame: str | bytes) -> None:
+    check_replies(prober.send(frame.encode() if isinstance(frame, str) else frame))
+
+
+def strict_json(line: str) -> Any:
+    """Parse as a browser's JSON.parse would: NaN or Infinity in a reply is a bug."""
+
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"the node sent {token}, which is not JSON: {line[:200]}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    opcode=st.integers(min_value=0, max_value=15),
+    fin=st.booleans(),
+    rsv=st.sampled_from([0, 0, 0, 0x10, 0x40, 0x70]),
+    masked=st.booleans(),
+    payload=st.one_of(st.binary(max_size=300), st.text(max_size=100).map(str.encode)),
+)
+@example(opcode=1, fin=True, rsv=0, masked=True, payload=b'{"type":"ping","rid":NaN}')
+@example(opcode=8, fin=True, rsv=0, masked=True, payload=b"\x03")  # a one-byte close payload
+@example(opcode=8, fin=True, rsv=0, masked=True, payload=struct.pack("!H", 1000) + b"\xff")  # bad UTF-8 reason
+@example(opcode=9, fin=True, rsv=0, masked=True, payload=b"x" * 126)  # a control frame too large
+@example(opcode=0, fin=True, rsv=0, masked=True, payload=b"orphan continuation")
+def test_raw_frames_with_any_header_bits_get_a_reply_or_an_rfc_close(
+    node: NodeProcess, opcode: int, fin: bool, rsv: int, masked: bool, payload: bytes
+) -> None:
+    """Below the JSON layer: opcodes, RSV bits, masks, fragments.  The node answers, or closes with
+    the RFC's code for what was wrong (1002 protocol, 1007 UTF-8, 1009 size), and nothing else."""
+    ws = RawWebSocket("127.0.0.1", node.port, recv_buffer=None)
+    try:
+        assert ws.recv_messages()[0]["type"] == "connected"
+        ws.sock.sendall(frame_bytes(opcode, payload, fin=fin, rsv=rsv, masked=masked))
+        ws.send_json({"type": "ping", "rid": "after"})
+        for _ in range(100):
+            opcode_in, data = ws.recv_frame()
+            if opcode_in == 0x8:
+                code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
+                # A close the client started is echoed; any other close is one of the RFC's.
+                assert code in (1002, 1007, 1009) or opcode == 8, (code, data)
+                return
+            if opcode_in == 0x1:
+                replies = [strict_json(line) for line in data.decode().split("\n")]
+                check_replies([m for m in replies if m != {"type": "pong", "rid": "after"}])
+                if {"type": "pong", "rid": "after"} in replies:
+                    return
+        raise AssertionError("neither a pong nor a close")
+    except ClosedByServer:
+        pass
+    finally:
+        ws.close()
+
+
 @settings(max_examples=60, deadline=None, database=None)
 @given(since=event_id_like)
+@example(since=math.inf)
 def test_forged_resume_positions_never_leak_another_channels_data(node: NodeProcess, since: Any) -> None:
     with connect(node.ws_url, open_timeout=10) as ws:
         assert json.loads(ws.recv(10))["type"] == "connected"
@@ -185,6 +254,10 @@ def test_forged_resume_positions_never_leak_another_channels_data(node: NodeProc
     check_replies([m for m in replies if m["type"] != "pong"])
     assert all(m.get("channel") in (None, "fuzz:empty") for m in replies), replies
     assert not [m for m in replies if m["type"] == "event"], "an empty channel delivered events"
+    if isinstance(since, float) and not math.isfinite(since):
+        # NaN and Infinity are not JSON: the frame is refused whole, so the error has no rid.
+        assert [m.get("code") for m in replies if m["type"] == "error"] == ["invalid_json"], replies
+        return
     kinds = [m["type"] for m in replies if m.get("rid") == 1]
     assert kinds == ["subscribed"] or kinds == ["error"], replies
 
@@ -329,6 +402,54 @@ def auth_node() -> Iterator[NodeProcess]:
         yield process
 
 
+# Every field of a ticket request, with numbers that are not numbers and values of every wrong type.
+awkward_numbers = st.one_of(
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e308, 10**400, -1, 0, 2**63, 253_402_300_800]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**40), max_value=10**40),
+)
+any_value = st.one_of(awkward_numbers, json_values)
+ticket_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "sub": st.one_of(st.sampled_from(["42", "", "x" * 300]), any_value),
+        "channels": st.one_of(st.lists(st.text(max_size=20), max_size=5), any_value),
+        "publish": st.one_of(st.lists(st.text(max_size=20), max_size=5), any_value),
+        "exp": st.one_of(st.floats(min_value=time.time() + 60, max_value=time.time() + 3600), any_value),
+    },
+)
+
+
+@settings(max_examples=50, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.one_of(ticket_bodies.map(_dump), json_values.map(_dump), st.binary(max_size=100)))
+@example(body='{"sub": "42", "exp": NaN}')
+@example(body='{"sub": "42", "exp": Infinity}')
+@example(body='{"sub": "42", "exp": 1e400}')
+@example(body='{"sub": "42", "exp": ' + "9" * 5000 + "}")
+def test_arbitrary_ticket_requests_get_documented_answers_and_tickets_that_work(
+    auth_node: NodeProcess, body: str | bytes
+) -> None:
+    with httpx.Client(timeout=10) as http:
+        response = http.post(
+            auth_node.url + "/api/tickets", content=body, headers={"x-api-key": "k" * 16, "content-type": "application/json"}
+        )
+    assert response.status_code in (200, 400), (response.status_code, response.text)
+    if response.status_code == 400:
+        assert response.json()["error"] in ("invalid_json", "invalid_message"), response.text
+        return
+    # Issued: the ticket opens a connection, and everything the node says on it is JSON.
+    ticket = response.json()["ticket"]
+    with connect(f"{auth_node.ws_url}?ticket={ticket}", open_timeout=10) as ws:
+        try:
+            hello = strict_json(str(ws.recv(10)))
+        except ConnectionClosed as exc:
+            assert exc.rcvd is not None and (exc.rcvd.code, exc.rcvd.reason) == (4011, "token_expired"), exc.rcvd
+            return
+        assert hello["type"] == "connected"
+        ws.send(json.dumps({"type": "refresh", "ticket": "x", "rid": 1}))
+        assert strict_json(str(ws.recv(10)))["code"] == "invalid_ticket"
+
+
 @settings(max_examples=60, deadline=None, database=None)
 @given(value=header_text, where=st.sampled_from(["bearer", "query", "cookie", "ticket", "apikey"]))
 @example(value="eyJhbGciOiJub25lIn0.eyJzdWIiOiIxIn0.", where="bearer")  # alg none
@@ -349,3 +470,109 @@ def test_hostile_credentials_are_refused_with_documented_codes(auth_node: NodePr
         response = http.get(auth_node.url + "/sse", params=params, headers=headers)
     assert response.status_code == 401, response.text
     assert response.json()["error"] in ("unauthorized", "invalid_token", "invalid_ticket")
+
+
+# -- JWKS documents and the answers that carry them --------------------------------------------------
+
+
+class DocumentServer:
+    """An HTTP server whose one answer a test sets: a JWKS document, or raw bytes for the whole answer."""
+
+    def __init__(self) -> None:
+        self.document = b"{}"
+        self.raw: bytes | None = None
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                with contextlib.suppress(OSError):
+                    conn.recv(65536)
+                    if self.raw is not None:
+                        conn.sendall(self.raw)
+                    else:
+                        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(self.document)}\r\n\r\n".encode()
+                        conn.sendall(head + self.document)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture(scope="module")
+def document_server() -> Iterator[DocumentServer]:
+    server = DocumentServer()
+    yield server
+    server.close()
+
+
+jwk_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "kty": st.one_of(st.sampled_from(["RSA", "EC", "oct", "OKP", "none"]), scalars),
+        "kid": st.one_of(st.text(max_size=10), scalars),
+        "alg": st.one_of(st.sampled_from(["RS256", "ES256", "HS256", "none"]), scalars),
+        "n": st.one_of(st.sampled_from(["AQAB", "", "!!"]), json_values),
+        "e": st.one_of(st.just("AQAB"), json_values),
+        "crv": st.one_of(st.sampled_from(["P-256", "P-384", "Ed25519"]), scalars),
+        "x": json_values,
+        "y": json_values,
+        "k": json_values,
+    },
+)
+jwks_documents = st.one_of(
+    st.fixed_dictionaries({"keys": st.lists(jwk_fields, max_size=4)}).map(_dump),
+    st.fixed_dictionaries({"keys": json_values}).map(_dump),
+    json_values.map(_dump),
+    st.binary(max_size=200),
+)
+
+
+def _fetch(server: DocumentServer) -> None:
+    """One fetch and parse, as the node does it: keys, or a JWKSError, and nothing else."""
+    url = f"http://127.0.0.1:{server.port}/jwks.json"
+    with contextlib.suppress(jwks.JWKSError):
+        jwks.parse(asyncio.run(jwks.fetch(url, 5.0)))
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=jwks_documents)
+@example(document="[" * 50_000 + "]" * 50_000)
+@example(document='"keys"')
+@example(document='{"keys": [{"kty": "RSA", "n": [[[]]], "e": "AQAB"}]}')
+def test_arbitrary_jwks_documents_give_keys_or_one_error(document_server: DocumentServer, document: str | bytes) -> None:
+    document_server.raw = None
+    document_server.document = document.encode() if isinstance(document, str) else document
+    _fetch(document_server)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    answer=st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda status, headers, body: f"HTTP/1.1 {status} X\r\n{headers}\r\n".encode() + body,
+            st.sampled_from([200, 301, 404, 500, 999]),
+            st.sampled_from(["", "Content-Length: 5\r\n", "Content-Length: 99999999\r\n",
+                             "Transfer-Encoding: chunked\r\n", "Content-Length: x\r\n"]),
+            st.binary(max_size=100),
+        ),
+    )
+)
+@example(answer=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffff\r\n")
+def test_arbitrary_http_answers_from_a_jwks_url_give_keys_or_one_error(
+    document_server: DocumentServer, answer: bytes
+) -> None:
+    document_server.raw = answer
+    _fetch(document_server)

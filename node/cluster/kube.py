@@ -25,6 +25,7 @@ from kubernetes import client, config  # the optional extra: node.cluster.cli ex
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from ..settings import INTERNAL_KEY_HEADER, env_secret
 from .pods import Pod, parse_pod
 
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -73,6 +74,8 @@ class Cluster:
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.api = api
         self.namespace = namespace
+        # POST /shed from beyond a pod's loopback needs the nodes' internal key (docs/security.md).
+        self.internal_key = env_secret("internal_key", os.environ)
 
     # -- one request ----------------------------------------------------------------------
 
@@ -84,12 +87,13 @@ class Cluster:
         body: Any = None,
         timeout: float = TIMEOUT,
         allow: Sequence[int] = (),
+        extra_headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Send one API request; return (status, parsed JSON body).
 
         Statuses other than 2xx raise :class:`ClusterError`, except those in ``allow``.
         """
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", **(extra_headers or {})}
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
@@ -124,10 +128,14 @@ class Cluster:
     def node_call(
         self, pod: Pod, method: str, path: str, query: Sequence[tuple[str, str]] = (), timeout: float = TIMEOUT
     ) -> Any:
-        """A request to a node's internal port, through the API server's pod proxy."""
+        """A request to a node's internal port, through the API server's pod proxy.
+
+        The internal key travels in its own header: the API server strips ``Authorization``.
+        """
         _, body = self.request(
-            method, self._ns(f"pods/{pod.name}:{pod.internal_port}/proxy/{path.lstrip('/')}"), query, timeout=timeout
-        )
+            method, self._ns(f"pods/{pod.name}:{pod.internal_port}/proxy/{path.lstrip('/')}"), query, timeout=timeout,
+            extra_headers={INTERNAL_KEY_HEADER: self.internal_key} if self.internal_key else None,
+        )  # fmt: skip
         return body
 
     def evict(self, pod: str) -> bool:

@@ -25,7 +25,10 @@ from node.errors import ClientError, ErrorCode
         ('{"type": "publish", "channel": "a"}', ErrorCode.INVALID_MESSAGE),
         ('{"type": "publish", "channel": "a", "data": 1, "event": "fanline.x"}', ErrorCode.INVALID_EVENT_TYPE),
         ('{"type": "publish", "channel": "a", "data": 1, "event": "headline\\n"}', ErrorCode.INVALID_EVENT_TYPE),
-        ('{"type": "publish", "channel": "a", "data": NaN}', ErrorCode.INVALID_DATA),
+        # Not JSON at all (issue 13, #6): refused before any field is looked at.
+        ('{"type": "publish", "channel": "a", "data": NaN}', ErrorCode.INVALID_JSON),
+        ('{"type": "ping", "rid": Infinity}', ErrorCode.INVALID_JSON),
+        ('{"type": "ping", "rid": 1e400}', ErrorCode.INVALID_JSON),
         ('{"type": "ping", "rid": [1]}', ErrorCode.INVALID_MESSAGE),
         ('{"type": "auth"}', ErrorCode.INVALID_MESSAGE),
     ],

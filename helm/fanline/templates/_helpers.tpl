@@ -190,6 +190,9 @@ into islands that never see each other's events.
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and .Values.rebalancer.enabled (not .Values.existingSecret) (not .Values.auth.internalKey) }}
+{{- fail "rebalancer.enabled needs auth.internalKey: the rebalancer calls POST /shed through the API server, and the nodes take that only with their internal key" }}
+{{- end }}
 {{- if eq (int .Values.ports.client) (int .Values.ports.internal) }}
 {{- fail "ports.client and ports.internal must differ: probes, metrics and drain live on the internal port" }}
 {{- end }}
