@@ -203,6 +203,12 @@ class Topic:
 
     # -- incarnations ----------------------------------------------------------------
 
+    def _connections(self, client: object) -> tuple[Any, ...] | None:
+        """The admin client's connections and ``client``'s: an answer may combine both
+        (a history read's ListOffsets goes over the admin client, its scan over the reader)."""
+        admin, own = connections(self.client), connections(client)
+        return None if admin is None or own is None else admin + own
+
     async def confirm(self, role: str, client: object, layout: Layout, what: str) -> None:
         """An answer (``what``) just came from ``client``: make sure ``layout`` names its incarnation.
 
@@ -212,17 +218,19 @@ class Topic:
         every connection.  So the answer is taken as it is when ``client``'s
         connections are exactly those that a previous confirmation saw;
         otherwise a metadata request that starts now, after the answer, must
-        name the same topic, and ``client`` must not reconnect meanwhile.  A
+        name the same topic, and nothing may reconnect meanwhile.  The admin
+        client's connections count too: parts of an answer (offsets, the
+        topic's identity) travel over them.  A
         topic that changed identity (a broker that restarted empty; the topic
         recreated after a record landed in a partition that no longer
         exists) cannot name the answer: raises BrokerUnavailable, the
         outcome unknown (issue 10, bug 4).
         """
-        now = connections(client)
+        now = self._connections(client)
         if now is not None and now == self._confirmed.get(role) and layout == self.layout:
             return
         checked = await self.fresh()
-        if now is None or checked != layout or connections(client) != now:
+        if now is None or checked != layout or self._connections(client) != now:
             self.refresh_soon()
             raise BrokerUnavailable(f"kafka topic or connection changed during a {what}; the outcome is unknown")
         self._confirmed[role] = now

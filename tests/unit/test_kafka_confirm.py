@@ -43,6 +43,7 @@ def topic_on(broker: Broker) -> Topic:
         return answer
 
     topic._fetch = fetch  # type: ignore[method-assign]
+    topic.client = client(object())  # type: ignore[assignment]
     return topic
 
 
@@ -78,3 +79,16 @@ async def test_a_confirmation_does_not_join_a_request_already_in_flight() -> Non
     with pytest.raises(BrokerUnavailable):
         await topic.confirm("producer", client(object()), OLD, "publish")
     await in_flight
+
+
+async def test_an_answer_partly_over_the_admin_client_is_checked_when_that_reconnected() -> None:
+    """A history answer from the key index and a ListOffsets: only the admin client talked."""
+    broker = Broker(OLD)
+    topic = topic_on(broker)
+    await topic.fresh()
+    reader = client(object())
+    await topic.confirm("reader", reader, OLD, "history read")
+    broker.layout = NEW
+    topic.client = client(object())  # type: ignore[assignment]  # the admin client reconnected to a new broker
+    with pytest.raises(BrokerUnavailable):
+        await topic.confirm("reader", reader, OLD, "history read")
