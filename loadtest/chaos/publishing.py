@@ -1,0 +1,102 @@
+"""The publisher: through the nodes' HTTP API and natively to the broker, recording every acknowledgement.
+
+Every publication's payload carries a sequence number unique in the run, so
+the checker can tell two publications apart even when they share an id.
+A publish that failed or timed out is not acknowledged: it may or may not be
+in the stream, and a client receiving it is fine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import httpx
+
+from broker_adapters.publisher import Publisher
+
+from .checker import Ack
+
+
+@dataclass
+class PublishStats:
+    attempts: int = 0
+    acknowledged: int = 0
+    failed: int = 0
+    by_route: dict[str, int] = field(default_factory=dict)
+
+
+class Publishing:
+    def __init__(
+        self, channels: Sequence[str], nodes: Callable[[], Sequence[tuple[str, int]]], broker_url: str | None,
+        rate: float, seed: int,
+    ) -> None:
+        self.channels = list(channels)
+        self.nodes = nodes
+        self.broker_url = broker_url
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.seq = itertools.count(1)
+        self.acks: list[Ack] = []
+        self.by_channel: dict[str, list[Ack]] = {c: [] for c in channels}
+        self.stats = PublishStats()
+        self.stop = asyncio.Event()
+
+    def record(self, ack: Ack, route: str) -> None:
+        self.acks.append(ack)
+        self.by_channel[ack.channel].append(ack)
+        self.stats.acknowledged += 1
+        self.stats.by_route[route] = self.stats.by_route.get(route, 0) + 1
+
+    async def run(self) -> None:
+        routes = ["http", "native"] if self.broker_url else ["http"]
+        per_loop = self.rate / (len(self.channels) * len(routes))
+        async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_connections=64)) as http:
+            publisher = Publisher(self.broker_url) if self.broker_url else None
+            try:
+                await asyncio.gather(
+                    *(self._loop(channel, route, per_loop, http, publisher) for channel in self.channels for route in routes)
+                )
+            finally:
+                if publisher is not None:
+                    try:
+                        await asyncio.wait_for(publisher.close(), 10)
+                    except Exception:  # noqa: BLE001 - closing a publisher whose broker is down
+                        pass
+
+    async def _loop(self, channel: str, route: str, rate: float, http: httpx.AsyncClient, publisher: Publisher | None) -> None:
+        interval = 1.0 / rate
+        next_at = time.monotonic() + self.rng.uniform(0, interval)
+        while not self.stop.is_set():
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            next_at = max(next_at + interval, time.monotonic() - interval)
+            seq = next(self.seq)
+            data = {"seq": seq, "ch": channel, "via": route}
+            self.stats.attempts += 1
+            try:
+                if route == "http":
+                    event_id = await self._http(http, channel, data)
+                else:
+                    assert publisher is not None
+                    async with asyncio.timeout(5):
+                        event_id = (await publisher.publish(channel, data)).event_id
+            except Exception:  # noqa: BLE001 - any failure means "not acknowledged"
+                event_id = None
+            if event_id is None:
+                self.stats.failed += 1
+                await asyncio.sleep(0.05)
+                continue
+            self.record(Ack(channel, event_id, seq), route)
+
+    async def _http(self, http: httpx.AsyncClient, channel: str, data: dict[str, object]) -> str | None:
+        host, port = self.rng.choice(list(self.nodes()))
+        response = await http.post(f"http://{host}:{port}/api/publish", json={"channel": channel, "data": data})
+        if response.status_code != 200:
+            return None
+        return str(response.json()["id"])
