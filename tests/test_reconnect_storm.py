@@ -40,7 +40,7 @@ from .servers import available_kinds, running
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("STORM_SEED", "20261130"))
-ROUNDS = int(os.environ.get("STORM_ROUNDS", "12"))
+ROUNDS = int(os.environ.get("STORM_ROUNDS", "10"))
 CLIENTS_PER_ROUND = int(os.environ.get("STORM_CLIENTS", "40"))
 CHANNELS = [f"storm:c{i}" for i in range(12)]
 RATE = 250.0
@@ -183,6 +183,7 @@ async def storm(node: NodeProcess, broker_url: str) -> tuple[list[Resume], Obser
     return resumes, observer
 
 
+@pytest.mark.timeout(120 + ROUNDS * 10)
 def test_a_reconnect_storm_resumes_every_client_exactly(server: Any, node: NodeProcess) -> None:
     resumes, observer = asyncio.run(storm(node, server.url()))
     assert not observer.problems, observer.problems[:5]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import random
 import shlex
 import sys
@@ -74,6 +75,7 @@ class Run:
         self.storm_clients: list[Client] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.fault_counts: dict[str, int] = {}
+        self.fault_errors: list[str] = []
         self.stop = asyncio.Event()
         self.started = time.monotonic()
 
@@ -160,6 +162,7 @@ class Run:
             "nodes": self.cluster.count,
             "broker_persistence": PERSISTENCE[options.broker],
             "fault_counts": self.fault_counts,
+            "fault_errors": self.fault_errors,
             "client_stats": dataclasses.asdict(stats),
             "refusals_by_transport": _count_by(r.transport for r in self.refusals),
             "outages": self.outages,
@@ -205,6 +208,7 @@ class Run:
                 await self._fault(fault, publishing)
             except Exception as exc:  # noqa: BLE001 - a fault that failed to inject is reported, not fatal
                 self.say(f"fault {fault.action.value} failed: {exc!r}")
+                self.fault_errors.append(f"{fault.at:.1f}s {fault.action.value}: {exc!r}"[:500])
                 self.fault_counts["failed"] = self.fault_counts.get("failed", 0) + 1
 
     async def _fault(self, fault: Fault, publishing: Publishing) -> None:
@@ -256,6 +260,9 @@ def _count_by(values: Any) -> dict[str, int]:
 
 
 def run(options: Options) -> RunResult:
+    # The runner's own native publisher reports every broker restart it rides out; the report says enough.
+    logging.getLogger("fanline.broker").setLevel(logging.CRITICAL)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         import uvloop
 
