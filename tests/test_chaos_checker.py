@@ -14,6 +14,7 @@ from loadtest.chaos.checker import (
     Entry,
     Kind,
     Refusal,
+    Stage,
     check,
     check_log,
     refused_while_healthy,
@@ -185,6 +186,8 @@ def test_refusals_count_only_outside_broker_outages() -> None:
     refusals = [Refusal(5.0, "c", "ws", CH), Refusal(21.0, "c", "ws", CH), Refusal(40.0, "c", "ws", CH)]
     assert refused_while_healthy(refusals, [(10.0, 15.0)], grace=8.0) == 2
     assert refused_while_healthy(refusals, [], grace=8.0) == 3
+    # A 503 before the node takes the client on is "retry later", not a refused subscribe.
+    assert refused_while_healthy([Refusal(40.0, "c", "sse", CH, Stage.HANDSHAKE)], [], grace=8.0) == 0
 
 
 @settings(max_examples=200, deadline=None)

@@ -35,11 +35,11 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What a client processed, one log entry each."""
 
     START = "start"  # the client's stored position before its first subscribe (a resume from the past)
@@ -282,6 +282,11 @@ def id_reuse(acks: Iterable[Ack], logs: Iterable[ChannelLog]) -> list[tuple[str,
     return [(channel, event_id, sorted(seqs)) for (channel, event_id), seqs in named.items() if len(seqs) > 1]
 
 
+class Stage(StrEnum):
+    SUBSCRIBE = "subscribe"  # an error answering a subscribe on a connection the node accepted
+    HANDSHAKE = "handshake"  # a 503 instead of the WebSocket upgrade or the SSE stream
+
+
 @dataclass(frozen=True)
 class Refusal:
     """A subscribe the node refused with ``broker_unavailable``, at a run-relative time."""
@@ -290,12 +295,21 @@ class Refusal:
     client: str
     transport: str
     channel: str
+    stage: Stage = Stage.SUBSCRIBE
 
 
 def refused_while_healthy(refusals: Iterable[Refusal], outages: Sequence[tuple[float, float]], grace: float) -> int:
-    """Refusals outside every broker outage (each widened by ``grace`` seconds for the nodes to reconnect)."""
+    """Subscribes refused on accepted connections outside every broker outage (widened by ``grace`` seconds).
+
+    A handshake refused with 503 is the node saying "not now" before it takes
+    the client on (at start-up, or while its broker is away), which a client
+    retries after Retry-After; a subscribe refused on a connection it
+    accepted is what left channels silently empty (issue 10, bug 3).
+    """
     return sum(
-        1 for refusal in refusals if not any(start <= refusal.at <= end + grace for start, end in outages)
+        1
+        for refusal in refusals
+        if refusal.stage is Stage.SUBSCRIBE and not any(start <= refusal.at <= end + grace for start, end in outages)
     )
 
 

@@ -27,7 +27,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
 
@@ -35,14 +35,14 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from .checker import ChannelLog, Entry, Kind, Refusal
+from .checker import ChannelLog, Entry, Kind, Refusal, Stage
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 5.0
 SUBSCRIBE_RETRY_CAP = 5.0
 
 
-class Death(str, Enum):
+class Death(StrEnum):
     NONE = "none"
     AFTER_CONNECT = "after_connect"  # abort right after the handshake
     AFTER_SUBSCRIBED = "after_subscribed"  # abort right after processing a subscribed line
@@ -189,7 +189,7 @@ class WSClient(Client):
             retry_after = exc.response.headers.get("Retry-After")
             if exc.response.status_code == 503 and _body_error(exc.response.body) == "broker_unavailable":
                 for channel in self.channels:
-                    self.env.refusals.append(Refusal(self.env.now(), self.name, "ws-handshake", channel))
+                    self.env.refusals.append(Refusal(self.env.now(), self.name, "ws", channel, Stage.HANDSHAKE))
             if retry_after and retry_after.isdigit():
                 self.hint = float(retry_after) + self.rng.uniform(0, 0.5)
             return
@@ -301,7 +301,7 @@ class WSClient(Client):
                 task.cancel()
 
 
-def _body_error(body: bytes | None) -> str | None:
+def _body_error(body: bytes | bytearray | None) -> str | None:
     try:
         parsed = json.loads(body or b"")
     except ValueError:
@@ -325,7 +325,7 @@ class SSEClient(Client):
         host, port = self.pick_node()
         query = "&".join(f"channel={quote(c, safe='')}" for c in self.channels)
         headers = ""
-        sent = list(self.last_event_id.split(".")) if self.last_event_id else [None] * len(self.channels)
+        sent: list[str | None] = list(self.last_event_id.split(".")) if self.last_event_id else [None] * len(self.channels)
         if self.last_event_id:
             if self.rng.random() < 0.3:  # a page reload: the id goes in the URL
                 query += "&last_event_id=" + quote(self.last_event_id, safe="")
@@ -344,7 +344,7 @@ class SSEClient(Client):
                 body = await _read_body(reader, header_map)
                 if status == 503 and _body_error(body) == "broker_unavailable":
                     for channel in self.channels:
-                        self.env.refusals.append(Refusal(self.env.now(), self.name, "sse", channel))
+                        self.env.refusals.append(Refusal(self.env.now(), self.name, "sse", channel, Stage.HANDSHAKE))
                 retry_after = header_map.get("retry-after", "")
                 delay = float(retry_after) if retry_after.isdigit() else 2.0
                 self.hint = delay + self.rng.uniform(0, 3)  # the documented 2-5 s, or Retry-After

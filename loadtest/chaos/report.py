@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import json
 from pathlib import Path
 from typing import Any
 
-from .checker import Counts, Verdict
+from .checker import Ack, ChannelLog, Counts, Verdict
 
 MAX_FINDINGS = 50  # per kind, in the report; the counts are always complete
 
@@ -16,7 +18,7 @@ def to_json(verdict: Verdict, run: dict[str, Any]) -> dict[str, Any]:
     for finding in verdict.findings:
         bucket = by_kind.setdefault(finding.kind, [])
         if len(bucket) < MAX_FINDINGS:
-            bucket.append(vars(finding) if hasattr(finding, "__dict__") else finding.__dict__)
+            bucket.append(dataclasses.asdict(finding))
     return {
         "run": run,
         "failed": verdict.failed(),
@@ -51,8 +53,8 @@ def to_markdown(verdict: Verdict, run: dict[str, Any]) -> str:
         f"- Clients: {run.get('clients')}; connections: {verdict.total.connections:,}",
         f"- Faults: {run.get('fault_counts')}",
         f"- Id reuse: {verdict.total.id_reuse}",
-        f"- Subscribes refused with broker_unavailable: {verdict.refused_total} "
-        f"({verdict.refused_while_healthy} while the broker was healthy)",
+        f"- Refused with broker_unavailable: {run.get('refusals') or 0}; subscribes refused on accepted connections "
+        f"while the broker was healthy: {verdict.refused_while_healthy}",
         f"- Reproduce: `{run.get('command')}`",
         "",
         "| Transport | Delivered | Silent losses | Duplicates | Reorders | Undelivered at end | Reset-window cuts | "
@@ -88,3 +90,30 @@ def write(directory: Path, verdict: Verdict, run: dict[str, Any]) -> tuple[Path,
     json_path.write_text(json.dumps(to_json(verdict, run), indent=2, default=str) + "\n")
     md_path.write_text(to_markdown(verdict, run))
     return json_path, md_path
+
+
+def write_evidence(
+    directory: Path, run: dict[str, Any], verdict: Verdict, logs: list[ChannelLog], acks: list[Ack]
+) -> Path:
+    """The full logs of every (client, channel) with a finding, and the acknowledgements of those channels.
+
+    One JSON object per line, gzipped: enough to replay the checker on the
+    evidence (``loadtest.chaos.checker.check_log``) or to read it by hand.
+    """
+    flagged = {(f.client, f.channel) for f in verdict.findings}
+    channels = {channel for _, channel in flagged} | {f.channel for f in verdict.findings if f.client == "-"}
+    path = directory / f"chaos-{run.get('broker')}-{run.get('seed')}-evidence.jsonl.gz"
+    with gzip.open(path, "wt") as out:
+        for ack in acks:
+            if ack.channel in channels:
+                out.write(json.dumps({"ack": [ack.channel, ack.id, ack.seq]}) + "\n")
+        for log in logs:
+            if (log.client, log.channel) in flagged:
+                entries = [
+                    {k: v for k, v in (("kind", e.kind.value), ("id", e.id), ("seq", e.seq), ("recovered", e.recovered),
+                                       ("since", e.since), ("replayed", e.replayed), ("reason", e.reason)) if v is not None}
+                    for e in log.entries
+                ]
+                out.write(json.dumps({"client": log.client, "transport": log.transport, "channel": log.channel,
+                                      "persistent": log.persistent, "entries": entries}) + "\n")
+    return path

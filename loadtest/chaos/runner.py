@@ -106,7 +106,7 @@ class Run:
         self.started = time.monotonic()
         env = self.env()
         for i in range(options.ws_clients + options.sse_clients):
-            cls = WSClient if i < options.ws_clients else SSEClient
+            cls: type[Client] = WSClient if i < options.ws_clients else SSEClient
             count = self.rng.randint(3, 5) if cls is WSClient else self.rng.randint(1, 4)
             client = cls(
                 f"{cls.transport}{i}", self.rng.sample(self.channels, count), env, random.Random(self.rng.random()),
@@ -164,11 +164,13 @@ class Run:
             "fault_counts": self.fault_counts,
             "fault_errors": self.fault_errors,
             "client_stats": dataclasses.asdict(stats),
-            "refusals_by_transport": _count_by(r.transport for r in self.refusals),
+            "refusals": _count_by(f"{r.transport} {r.stage.value}" for r in self.refusals),
             "outages": self.outages,
             "command": command_line(options),
         }
         paths = report.write(options.report_dir, verdict, run)
+        if verdict.findings:
+            report.write_evidence(options.report_dir, run, verdict, logs, publishing.acks)
         return RunResult(verdict, run, paths, stats)
 
     def _delivered(self) -> int:
@@ -243,7 +245,7 @@ class Run:
                     start[channel] = self.rng.choice(acks).id
             if len(start) != len(channels):
                 continue
-            cls = SSEClient if sse else WSClient
+            cls: type[Client] = SSEClient if sse else WSClient
             client = cls(
                 f"storm{len(self.storm_clients)}-{cls.transport}", channels, env, random.Random(self.rng.random()),
                 STORM_DEATHS, persistent=False, start=start, lifetime=(3, 8),

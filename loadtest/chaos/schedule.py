@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Action(str, Enum):
+class Action(StrEnum):
     NODE_KILL = "node_kill"  # SIGKILL a node, start it again on the same port after a short outage
     NODE_DRAIN = "node_drain"  # SIGTERM: the node drains its clients over its drain window, exits, and restarts
     BROKER_RESTART = "broker_restart"  # SIGKILL the broker server, restart it on the same storage
