@@ -21,6 +21,8 @@ from broker_adapters.publisher import Publisher
 
 from .checker import Ack
 
+IN_FLIGHT = 4  # concurrent publish calls per (channel, route) loop
+
 
 @dataclass
 class PublishStats:
@@ -69,30 +71,41 @@ class Publishing:
                         pass
 
     async def _loop(self, channel: str, route: str, rate: float, http: httpx.AsyncClient, publisher: Publisher | None) -> None:
+        """Publish at ``rate`` per second, up to IN_FLIGHT calls at once, so a slow answer does not slow the rate."""
         interval = 1.0 / rate
         next_at = time.monotonic() + self.rng.uniform(0, interval)
+        in_flight: set[asyncio.Task[None]] = set()
         while not self.stop.is_set():
             delay = next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             next_at = max(next_at + interval, time.monotonic() - interval)
-            seq = next(self.seq)
-            data = {"seq": seq, "ch": channel, "via": route}
-            self.stats.attempts += 1
-            try:
-                if route == "http":
-                    event_id = await self._http(http, channel, data)
-                else:
-                    assert publisher is not None
-                    async with asyncio.timeout(5):
-                        event_id = (await publisher.publish(channel, data)).event_id
-            except Exception:  # noqa: BLE001 - any failure means "not acknowledged"
-                event_id = None
-            if event_id is None:
-                self.stats.failed += 1
-                await asyncio.sleep(0.05)
-                continue
-            self.record(Ack(channel, event_id, seq), route)
+            if len(in_flight) >= IN_FLIGHT:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            task = asyncio.create_task(self._one(channel, route, http, publisher))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=15)
+
+    async def _one(self, channel: str, route: str, http: httpx.AsyncClient, publisher: Publisher | None) -> None:
+        seq = next(self.seq)
+        data = {"seq": seq, "ch": channel, "via": route}
+        self.stats.attempts += 1
+        try:
+            if route == "http":
+                event_id = await self._http(http, channel, data)
+            else:
+                assert publisher is not None
+                async with asyncio.timeout(5):
+                    event_id = (await publisher.publish(channel, data)).event_id
+        except Exception:  # noqa: BLE001 - any failure means "not acknowledged"
+            event_id = None
+        if event_id is None:
+            self.stats.failed += 1
+            await asyncio.sleep(0.05)
+            return
+        self.record(Ack(channel, event_id, seq), route)
 
     async def _http(self, http: httpx.AsyncClient, channel: str, data: dict[str, object]) -> str | None:
         host, port = self.rng.choice(list(self.nodes()))

@@ -39,8 +39,8 @@ class Options:
     report_dir: Path
     channels: int = 12
     rate: float = 300.0
-    ws_clients: int = 24
-    sse_clients: int = 12
+    ws_clients: int = 36
+    sse_clients: int = 18
     settle: float = 40.0
     fault_gap: tuple[float, float] = (5.0, 12.0)
     quiet: bool = False
@@ -107,7 +107,7 @@ class Run:
         env = self.env()
         for i in range(options.ws_clients + options.sse_clients):
             cls: type[Client] = WSClient if i < options.ws_clients else SSEClient
-            count = self.rng.randint(3, 5) if cls is WSClient else self.rng.randint(1, 4)
+            count = self.rng.randint(3, 6) if cls is WSClient else self.rng.randint(1, 4)
             client = cls(
                 f"{cls.transport}{i}", self.rng.sample(self.channels, count), env, random.Random(self.rng.random()),
                 PERSISTENT_DEATHS, lifetime=(10, 60),
