@@ -59,6 +59,9 @@ def command_line(options: Options) -> str:
         [
             "python", "-m", "loadtest.chaos", "--broker", options.broker, "--seconds", f"{options.seconds:g}",
             "--seed", str(options.seed), "--report-dir", str(options.report_dir),
+            "--fault-gap", f"{options.fault_gap[0]:g}", f"{options.fault_gap[1]:g}",
+            "--ws-clients", str(options.ws_clients), "--sse-clients", str(options.sse_clients),
+            "--rate", f"{options.rate:g}", "--channels", str(options.channels),
         ]
     )
 
