@@ -79,14 +79,15 @@ capacity: $(STAMP)
 loadtest: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtest.run_local
 
-## chaos: the resume guarantee under faults, every broker, CHAOS_SECONDS each (default 600); CHAOS_SEED, CHAOS_BROKERS
+## chaos: the resume guarantee under faults, every broker, CHAOS_SECONDS each (default 600); CHAOS_SEED, CHAOS_BROKERS, CHAOS_ARGS
 CHAOS_SECONDS ?= 600
 CHAOS_BROKERS ?= memory redis nats kafka
 CHAOS_SEED ?=
+CHAOS_ARGS ?=
 chaos: $(STAMP)
 	@status=0; for broker in $(CHAOS_BROKERS); do \
 		$(BIN)/python -m loadtest.chaos --broker $$broker --seconds $(CHAOS_SECONDS) \
-			$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) --report-dir loadtest/results/chaos || status=1; \
+			$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) --report-dir loadtest/results/chaos $(CHAOS_ARGS) || status=1; \
 	done; exit $$status
 
 lint: $(STAMP)
