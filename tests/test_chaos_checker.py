@@ -67,7 +67,7 @@ def test_the_event_after_the_replayed_ones_missing_is_a_silent_loss() -> None:
         ],
         published,
     )
-    assert result.counts.silent_losses == 1 and result.counts.failed()
+    assert (result.counts.silent_losses, result.counts.silent_gaps) == (1, 1) and result.counts.failed()
     assert [f.kind for f in result.findings] == ["silent_loss"]
 
 

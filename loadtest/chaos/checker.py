@@ -129,6 +129,7 @@ class Counts:
     reorders: int = 0
     id_reuse: int = 0
     undelivered_at_end: int = 0  # a persistent client that ended behind the last acknowledged publication
+    silent_gaps: int = 0  # events that arrived after a silent gap (each skipping one or more publications)
     reset_window_cuts: int = 0  # connections that ended between a position-moving subscribed and its reset
     events_before_reset: int = 0  # events delivered after a recovered:false subscribed, before its reset
     unannounced_epoch_changes: int = 0  # an event of another epoch with no reset before it
@@ -243,6 +244,7 @@ def check_log(log: ChannelLog, acks: AckIndex) -> StreamResult:
                     lost = acks.between(log.channel, position, entry.id, include_target=False)
                     if lost:
                         counts.silent_losses += lost
+                        counts.silent_gaps += 1
                         finding("silent_loss", f"#{index}: {lost} acknowledged publication(s) between {position} and {entry.id}")
             position = entry.id
         elif entry.kind is Kind.END:

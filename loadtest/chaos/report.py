@@ -34,7 +34,8 @@ def to_json(verdict: Verdict, run: dict[str, Any]) -> dict[str, Any]:
 def _row(name: str, counts: Counts) -> str:
     resets = ", ".join(f"{reason} {count}" for reason, count in sorted(counts.resets.items())) or "0"
     return (
-        f"| {name} | {counts.delivered:,} | {counts.silent_losses} | {counts.duplicates} | {counts.reorders} | "
+        f"| {name} | {counts.delivered:,} | {counts.silent_losses} ({counts.silent_gaps} gaps, "
+        f"{counts.reset_window_cuts} cuts) | {counts.duplicates} | {counts.reorders} | "
         f"{counts.undelivered_at_end} | {counts.reset_window_cuts} | {counts.events_before_reset} | "
         f"{counts.resumes:,} ({counts.recovered:,} recovered, {counts.replayed:,} replayed) | "
         f"{counts.gaps_covered_by_reset} ({counts.publications_covered_by_reset:,} publications) | {resets} |"
@@ -57,7 +58,8 @@ def to_markdown(verdict: Verdict, run: dict[str, Any]) -> str:
         f"while the broker was healthy: {verdict.refused_while_healthy}",
         f"- Reproduce: `{run.get('command')}`",
         "",
-        "| Transport | Delivered | Silent losses | Duplicates | Reorders | Undelivered at end | Reset-window cuts | "
+        "| Transport | Delivered | Silent losses (gaps after an event, reset-window cuts) | Duplicates | Reorders | "
+        "Undelivered at end | Reset-window cuts | "
         "Events before reset | Resumes | Gaps covered by a reset | Resets |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
