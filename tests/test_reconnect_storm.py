@@ -40,7 +40,7 @@ from .servers import available_kinds, running
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("STORM_SEED", "20261130"))
-ROUNDS = int(os.environ.get("STORM_ROUNDS", "10"))
+ROUNDS = int(os.environ.get("STORM_ROUNDS", "8"))
 CLIENTS_PER_ROUND = int(os.environ.get("STORM_CLIENTS", "40"))
 CHANNELS = [f"storm:c{i}" for i in range(12)]
 RATE = 250.0
