@@ -24,13 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         "--fault-gap", type=float, nargs=2, default=(5.0, 12.0), metavar=("MIN", "MAX"),
         help="seconds between two faults, drawn uniformly (default 5 12)",
     )
+    parser.add_argument("--first-fault", type=float, default=4.0, help="seconds before the first fault")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     print(f"chaos: broker {args.broker}, seed {seed}", flush=True)
     options = Options(
         broker=args.broker, seconds=args.seconds, seed=seed, report_dir=args.report_dir, rate=args.rate,
         channels=args.channels, ws_clients=args.ws_clients, sse_clients=args.sse_clients,
-        fault_gap=(args.fault_gap[0], args.fault_gap[1]),
+        fault_gap=(args.fault_gap[0], args.fault_gap[1]), first_fault=args.first_fault,
     )
     return main_result(run(options))
 

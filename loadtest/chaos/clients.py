@@ -77,6 +77,8 @@ class Env:
     refusals: list[Refusal]
     heartbeat: float
     stop: asyncio.Event
+    settling: asyncio.Event  # the faults are over: paused clients read again
+
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -163,11 +165,20 @@ class Client:
     async def session(self, death: Death, deadline: float) -> None:
         raise NotImplementedError
 
+    async def pause(self, seconds: float) -> None:
+        """Stop reading for ``seconds``, or until the run's faults are over."""
+        self.stats.pauses += 1
+        waits = [asyncio.ensure_future(self.env.stop.wait()), asyncio.ensure_future(self.env.settling.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
     async def maybe_pause(self) -> None:
         if self.pause_requested is not None:
             seconds, self.pause_requested = self.pause_requested, None
-            self.stats.pauses += 1
-            await self.wait(seconds)
+            await self.pause(seconds)
 
 
 class Cut(Exception):
@@ -292,8 +303,7 @@ class WSClient(Client):
                     processed += 1
                     if pause_after is not None and processed >= pause_after:
                         pause_after = None
-                        self.stats.pauses += 1
-                        await self.wait(self.rng.uniform(3, 22))
+                        await self.pause(self.rng.uniform(3, 22))
             if time.monotonic() >= deadline:
                 await connection.close()
         finally:
@@ -392,8 +402,7 @@ class SSEClient(Client):
                         processed += 1
                         if pause_after is not None and processed >= pause_after:
                             pause_after = None
-                            self.stats.pauses += 1
-                            await self.wait(self.rng.uniform(3, 22))
+                            await self.pause(self.rng.uniform(3, 22))
                     fields, data_lines = {}, []
                     continue
                 if line.startswith(":"):

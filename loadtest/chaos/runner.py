@@ -43,6 +43,7 @@ class Options:
     sse_clients: int = 18
     settle: float = 40.0
     fault_gap: tuple[float, float] = (5.0, 12.0)
+    first_fault: float = 4.0
     quiet: bool = False
 
 
@@ -59,7 +60,7 @@ def command_line(options: Options) -> str:
         [
             "python", "-m", "loadtest.chaos", "--broker", options.broker, "--seconds", f"{options.seconds:g}",
             "--seed", str(options.seed), "--report-dir", str(options.report_dir),
-            "--fault-gap", f"{options.fault_gap[0]:g}", f"{options.fault_gap[1]:g}",
+            "--fault-gap", f"{options.fault_gap[0]:g}", f"{options.fault_gap[1]:g}", "--first-fault", f"{options.first_fault:g}",
             "--ws-clients", str(options.ws_clients), "--sse-clients", str(options.sse_clients),
             "--rate", f"{options.rate:g}", "--channels", str(options.channels),
         ]
@@ -80,6 +81,7 @@ class Run:
         self.fault_counts: dict[str, int] = {}
         self.fault_errors: list[str] = []
         self.stop = asyncio.Event()
+        self.settling = asyncio.Event()
         self.started = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -87,7 +89,7 @@ class Run:
             print(f"[chaos {self.options.broker} {time.monotonic() - self.started:7.1f}s] {text}", flush=True)
 
     def env(self) -> Env:
-        return Env(self.cluster.addresses, self.started, self.refusals, 5.0, self.stop)
+        return Env(self.cluster.addresses, self.started, self.refusals, 5.0, self.stop, self.settling)
 
     def spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -123,7 +125,8 @@ class Run:
         )
         publisher_task = asyncio.create_task(publishing.run())
         faults = plan(
-            options.seed, options.seconds, self.cluster.count, self.cluster.networked, gap=options.fault_gap
+            options.seed, options.seconds, self.cluster.count, self.cluster.networked, first=options.first_fault,
+            gap=options.fault_gap,
         )
         fault_task = asyncio.create_task(self._faults(faults, publishing))
         deadline = self.started + options.seconds
@@ -136,6 +139,7 @@ class Run:
         await fault_task
         publishing.stop.set()
         await asyncio.wait_for(publisher_task, 30)
+        self.settling.set()
         for client in self.clients:
             client.pause_requested = None
         settle_start = time.monotonic()
