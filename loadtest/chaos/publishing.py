@@ -22,6 +22,7 @@ from broker_adapters.publisher import Publisher
 from .checker import Ack
 
 IN_FLIGHT = 4  # concurrent publish calls per (channel, route) loop
+BATCH = 5  # publications per HTTP call (POST /api/publish/batch): one request per publication cannot keep the rate
 
 
 @dataclass
@@ -56,12 +57,17 @@ class Publishing:
 
     async def run(self) -> None:
         routes = ["http", "native"] if self.broker_url else ["http"]
-        per_loop = self.rate / (len(self.channels) * len(routes))
+        per_route = self.rate / (len(self.channels) * len(routes))
         async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_connections=64)) as http:
             publisher = Publisher(self.broker_url) if self.broker_url else None
             try:
                 await asyncio.gather(
-                    *(self._loop(channel, route, per_loop, http, publisher) for channel in self.channels for route in routes)
+                    *(
+                        # An HTTP call carries a batch of BATCH publications; a native call one.
+                        self._loop(channel, route, per_route / (BATCH if route == "http" else 1), http, publisher)
+                        for channel in self.channels
+                        for route in routes
+                    )
                 )
             finally:
                 if publisher is not None:
@@ -89,16 +95,15 @@ class Publishing:
             await asyncio.wait(in_flight, timeout=15)
 
     async def _one(self, channel: str, route: str, http: httpx.AsyncClient, publisher: Publisher | None) -> None:
+        if route == "http":
+            await self._http_batch(http, channel)
+            return
+        assert publisher is not None
         seq = next(self.seq)
-        data = {"seq": seq, "ch": channel, "via": route}
         self.stats.attempts += 1
         try:
-            if route == "http":
-                event_id = await self._http(http, channel, data)
-            else:
-                assert publisher is not None
-                async with asyncio.timeout(5):
-                    event_id = (await publisher.publish(channel, data)).event_id
+            async with asyncio.timeout(5):
+                event_id: str | None = (await publisher.publish(channel, {"seq": seq, "ch": channel, "via": route})).event_id
         except Exception:  # noqa: BLE001 - any failure means "not acknowledged"
             event_id = None
         if event_id is None:
@@ -107,9 +112,24 @@ class Publishing:
             return
         self.record(Ack(channel, event_id, seq), route)
 
-    async def _http(self, http: httpx.AsyncClient, channel: str, data: dict[str, object]) -> str | None:
+    async def _http_batch(self, http: httpx.AsyncClient, channel: str) -> None:
+        """POST /api/publish/batch: every item published before a failure is acknowledged (docs/protocol.md)."""
+        seqs = [next(self.seq) for _ in range(BATCH)]
+        self.stats.attempts += len(seqs)
+        body = {"publications": [{"channel": channel, "data": {"seq": seq, "ch": channel, "via": "http"}} for seq in seqs]}
         host, port = self.rng.choice(list(self.nodes()))
-        response = await http.post(f"http://{host}:{port}/api/publish", json={"channel": channel, "data": data})
-        if response.status_code != 200:
-            return None
-        return str(response.json()["id"])
+        results: list[dict[str, object]] = []
+        try:
+            response = await http.post(f"http://{host}:{port}/api/publish/batch", json=body)
+            answer = response.json()
+            if response.status_code == 200:
+                results = list(answer["results"])
+            elif isinstance(answer, dict):
+                results = list(answer.get("published") or [])
+        except Exception:  # noqa: BLE001 - no answer: nothing acknowledged
+            results = []
+        for seq, result in zip(seqs, results, strict=False):
+            self.record(Ack(channel, str(result["id"]), seq), "http")
+        self.stats.failed += len(seqs) - len(results)
+        if len(results) < len(seqs):
+            await asyncio.sleep(0.05)
