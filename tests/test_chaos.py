@@ -24,8 +24,18 @@ SEED = 1130
 SECONDS = 10.0
 
 
+# Still broken on main 4233b92 (issue 10 bug 4 and its silent gaps): after a broker restart, Kafka gives an
+# acknowledged publication's id to another one, and live subscribers miss single publications. Non-strict, so the
+# fix shows up as XPASS; remove the mark then.
+KAFKA_OPEN = pytest.mark.xfail(reason="issue 10: Kafka id reuse and silent gaps after a broker restart", strict=False)
+
+
+def brokers() -> list[object]:
+    return [pytest.param(kind, marks=KAFKA_OPEN) if kind == "kafka" else kind for kind in available_kinds()]
+
+
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("broker", available_kinds())
+@pytest.mark.parametrize("broker", brokers())
 def test_a_short_chaos_run_breaks_no_guarantee(broker: str, tmp_path: Path) -> None:
     options = Options(
         broker=broker, seconds=SECONDS, seed=SEED, report_dir=tmp_path, settle=15.0, fault_gap=(2.0, 3.5), first_fault=2.0,
