@@ -59,6 +59,8 @@ class Stats:
     drain_hints: int = 0
     protocol_errors: int = 0  # messages that break the documented shape (e.g. a composite part != the event id)
     pauses: int = 0
+    # Unexpected exceptions in a connection (a malformed answer, a client bug), by message: the client reconnects.
+    errors: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: Stats) -> None:
         for name, value in vars(other).items():
@@ -66,6 +68,8 @@ class Stats:
                 setattr(self, name, getattr(self, name) + value)
         for key, count in other.deaths.items():
             self.deaths[key] = self.deaths.get(key, 0) + count
+        for key, count in other.errors.items():
+            self.errors[key] = self.errors.get(key, 0) + count
 
 
 @dataclass
@@ -151,6 +155,9 @@ class Client:
                 await self.session(death, deadline)
             except (OSError, TimeoutError, websockets.WebSocketException, ConnectionError, asyncio.IncompleteReadError):
                 pass
+            except Exception as exc:  # noqa: BLE001 - anything else is a finding of its own, and the client goes on
+                key = f"{type(exc).__name__}: {exc}"[:200]
+                self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
             finally:
                 self.end_connection()
             if once or self.env.stop.is_set():

@@ -54,6 +54,7 @@ def to_markdown(verdict: Verdict, run: dict[str, Any]) -> str:
         f"- Clients: {run.get('clients')}; connections: {verdict.total.connections:,}",
         f"- Faults: {run.get('fault_counts')}",
         f"- Id reuse: {verdict.total.id_reuse}",
+        f"- Client errors (unexpected exceptions; the client reconnected): {run.get('client_stats', {}).get('errors') or 0}",
         f"- Refused with broker_unavailable: {run.get('refusals') or 0}; subscribes refused on accepted connections "
         f"while the broker was healthy: {verdict.refused_while_healthy}",
         f"- Reproduce: `{run.get('command')}`",
