@@ -16,7 +16,7 @@ import pytest
 
 from loadtest.chaos.runner import Options, run
 
-from .servers import available_kinds
+from .servers import CLUSTERS, available_kinds
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ KAFKA_OPEN = pytest.mark.xfail(reason="issue 10: Kafka id reuse and silent gaps 
 
 
 def brokers() -> list[object]:
-    return [pytest.param(kind, marks=KAFKA_OPEN) if kind == "kafka" else kind for kind in available_kinds()]
+    return [pytest.param(kind, marks=KAFKA_OPEN) if kind == "kafka" else kind for kind in available_kinds() if kind not in CLUSTERS]
 
 
 @pytest.mark.timeout(150)

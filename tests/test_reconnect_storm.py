@@ -35,7 +35,7 @@ import websockets
 from broker_adapters.publisher import Publisher
 
 from .processes import NodeProcess
-from .servers import available_kinds, running
+from .servers import CLUSTERS, available_kinds, running
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,8 @@ LOOKBACK = 200  # positions at most this far back: well within the replay limit 
 LIVE_AFTER = 15  # live events each resumed client reads after its replay
 
 
-@pytest.fixture(scope="module", params=available_kinds())
+# The single-server brokers; the clusters have their own fault suites.
+@pytest.fixture(scope="module", params=[k for k in available_kinds() if k not in CLUSTERS])
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
     with running(request.param) as instance:
         yield instance

@@ -24,7 +24,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from .processes import NodeProcess
-from .servers import available_kinds, running
+from .servers import CLUSTERS, available_kinds, running
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ class Tally:
     other_errors: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="module", params=available_kinds(include_memory=False))
+@pytest.fixture(scope="module", params=[k for k in available_kinds(include_memory=False) if k not in CLUSTERS])
 def server(request: pytest.FixtureRequest) -> Iterator[Any]:
     with running(request.param) as instance:
         yield instance
