@@ -31,6 +31,7 @@ class PublishStats:
     acknowledged: int = 0
     failed: int = 0
     by_route: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # why native publishes failed, by message
 
 
 class Publishing:
@@ -60,6 +61,15 @@ class Publishing:
         per_route = self.rate / (len(self.channels) * len(routes))
         async with httpx.AsyncClient(timeout=5, limits=httpx.Limits(max_connections=64)) as http:
             publisher = Publisher(self.broker_url) if self.broker_url else None
+            if publisher is not None:
+                # Started once before the loops: concurrent first publishes would each start it (a lazy start
+                # that raced left the Kafka adapter "not started" for the whole run on main b096a14).
+                for _ in range(20):
+                    try:
+                        await asyncio.wait_for(publisher.start(), 10)
+                        break
+                    except Exception:  # noqa: BLE001 - the broker may still be coming up
+                        await asyncio.sleep(0.5)
             try:
                 await asyncio.gather(
                     *(
@@ -104,7 +114,9 @@ class Publishing:
         try:
             async with asyncio.timeout(5):
                 event_id: str | None = (await publisher.publish(channel, {"seq": seq, "ch": channel, "via": route})).event_id
-        except Exception:  # noqa: BLE001 - any failure means "not acknowledged"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not acknowledged"
+            key = f"{type(exc).__name__}: {exc}"[:160]
+            self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
             event_id = None
         if event_id is None:
             self.stats.failed += 1
