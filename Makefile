@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 LOADTEST_STAMP := $(VENV)/.installed-loadtest
 
-.PHONY: run test test-long unit lint typecheck bench bench-cluster capacity loadtest clean js browser
+.PHONY: run test test-long unit lint typecheck bench bench-cluster capacity loadtest chaos clean js browser
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,17 @@ capacity: $(STAMP)
 ## loadtest: a short headless Locust run (about 30 s) against a local node; results in $TMPDIR/fanline-loadtest/
 loadtest: $(LOADTEST_STAMP)
 	$(BIN)/python -m loadtest.run_local
+
+## chaos: the resume guarantee under faults, every broker, CHAOS_SECONDS each (default 600); CHAOS_SEED, CHAOS_BROKERS, CHAOS_ARGS
+CHAOS_SECONDS ?= 600
+CHAOS_BROKERS ?= memory redis nats kafka
+CHAOS_SEED ?=
+CHAOS_ARGS ?=
+chaos: $(STAMP)
+	@status=0; for broker in $(CHAOS_BROKERS); do \
+		$(BIN)/python -m loadtest.chaos --broker $$broker --seconds $(CHAOS_SECONDS) \
+			$(if $(CHAOS_SEED),--seed $(CHAOS_SEED)) --report-dir loadtest/results/chaos $(CHAOS_ARGS) || status=1; \
+	done; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check node broker_adapters tests loadtest
