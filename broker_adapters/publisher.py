@@ -52,15 +52,21 @@ class Publisher:
         self.url = url
         self._broker: Broker = open_broker(url)
         self._started = False
+        # Concurrent first publishes share one start (each starting the broker
+        # on its own left the Kafka adapter half-started for good).
+        self._starting = asyncio.Lock()
         self._replies = _Replies()
         self._listening = False
         # Reads only: the ttl and cap matter to writers (nodes), not here.
         self._presence: PresenceStore | None = self._broker.presence(presence or PresenceSettings())
 
     async def start(self) -> None:
-        if not self._started:
-            await self._broker.start(self._replies)
-            self._started = True
+        if self._started:
+            return
+        async with self._starting:
+            if not self._started:
+                await self._broker.start(self._replies)
+                self._started = True
 
     async def close(self) -> None:
         await self._broker.close()

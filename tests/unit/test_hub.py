@@ -128,3 +128,22 @@ async def test_a_subscribe_waits_for_the_broker_then_gives_up() -> None:
         await hub.subscribe(Recorder(), "c", None)
     assert "cannot reach its broker" in str(raised.value)
     await hub.close()
+
+
+async def test_concurrent_first_publishes_start_the_publisher_once() -> None:
+    from broker_adapters.publisher import Publisher
+
+    publisher = Publisher("memory://")
+    starts = 0
+    real_start = publisher._broker.start
+
+    async def counting_start(listener: object) -> None:
+        nonlocal starts
+        starts += 1
+        await asyncio.sleep(0.01)
+        await real_start(listener)  # type: ignore[arg-type]
+
+    publisher._broker.start = counting_start  # type: ignore[method-assign]
+    await asyncio.gather(*(publisher.publish("c", i) for i in range(10)))
+    assert starts == 1
+    await publisher.close()
