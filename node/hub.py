@@ -452,7 +452,15 @@ class Hub:
         last = state.last
         if last is not None and publication.epoch == last.epoch:
             if publication.offset <= last.offset:
-                return  # already delivered, by history or an earlier copy
+                # Fanned out already (a copy after a repair), or behind a
+                # position a history read gave this channel: a read can be
+                # ahead of live delivery (Kafka's index knows our own
+                # publishes first; a Redis read sees a publish whose pub/sub
+                # message is still on its way).  A subscriber that started
+                # from an older read still lacks it, so it is not dropped
+                # here: each subscriber keeps only what it lacks.
+                self._redeliver(state, publication)
+                return
             if self._contiguous and publication.offset != last.offset + 1:
                 log.warning(
                     "live gap detected",
@@ -468,6 +476,12 @@ class Hub:
         delivery = Delivery(publication)
         # No copy of the subscriber set: delivering never unsubscribes (a
         # connection that overflows is closed later, by its own handler).
+        for subscription in state.subscribers:
+            subscription.deliver(delivery)
+
+    def _redeliver(self, state: ChannelState, publication: Publication) -> None:
+        """A publication at or below the channel's last position: to whichever subscriber lacks it."""
+        delivery = Delivery(publication)
         for subscription in state.subscribers:
             subscription.deliver(delivery)
 
@@ -536,6 +550,11 @@ class Hub:
             if self._channels.get(state.name) is not state:
                 return
             held, state.buffer = state.buffer or [], None
+            # Copies at or below the origin change nothing for the channel,
+            # but may be what a subscriber started from an older read lacks.
+            for publication in held:
+                if publication.epoch == origin.epoch and publication.offset <= origin.offset:
+                    self._redeliver(state, publication)
             last, steps = plan_repair(origin, history, held, replay_limit=self.replay_limit)
             outcome = "recovered"
             for step in steps:

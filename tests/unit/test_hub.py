@@ -147,3 +147,20 @@ async def test_concurrent_first_publishes_start_the_publisher_once() -> None:
     await asyncio.gather(*(publisher.publish("c", i) for i in range(10)))
     assert starts == 1
     await publisher.close()
+
+
+async def test_a_live_publication_behind_a_later_read_still_reaches_who_lacks_it() -> None:
+    """A history read can be ahead of live delivery; the channel must not drop what one subscriber lacks."""
+    hub, broker = await started_hub(resume_window=0)
+    early, late = Recorder(), Recorder()
+    first = await hub.subscribe(early, "c", None)  # reads the top: offset 0
+    broker._subscribed.discard("c")  # live delivery lags: the next publication is not seen yet
+    await broker.publish("c", "1")
+    second = await hub.subscribe(late, "c", None)  # a later read: its top is 1, ahead of live
+    hub.start_delivery(second)  # the channel learns position 1 from this read
+    hub.start_delivery(first)
+    broker._subscribed.add("c")
+    publication = (await broker.history("c", 0, 10)).publications[0]
+    hub.on_publication(publication)  # the lagging live copy of 1 arrives
+    assert early.got == [1] and late.got == []
+    await hub.close()
