@@ -223,6 +223,7 @@ class Client:
         self._hint: float | None = None  # the node's reconnect hint (drain)
         self._drop: _Ending | None = None  # why the client itself ended the connection
         self._last_frame = 0.0
+        self._watch: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # set whenever the state changes: requests wait on it
 
     # -- the application's side ------------------------------------------------------------------
@@ -442,7 +443,7 @@ class Client:
         self._outbox = outbox = asyncio.Queue[str]()
         self._last_frame = loop.time()
         self._session.spawn(self._writer(ws, outbox), name="fanline-client-writer")
-        self._session.spawn(self._watchdog(ws), name="fanline-client-watchdog")
+        self._watch = self._session.spawn(self._watchdog(ws), name="fanline-client-watchdog")
         if shake.first_frame is not None:
             self._send(shake.first_frame)
         for sub in self._subs.values():
@@ -472,6 +473,7 @@ class Client:
         """After a connection: stop its tasks and timers, fail its requests, mark subscriptions to resume."""
         self._ws = None
         self._outbox = None
+        self._watch = None
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -649,8 +651,13 @@ class Client:
 
     def _connected(self, message: Message) -> None:
         heartbeat = message.get("heartbeat")
-        if isinstance(heartbeat, (int, float)) and heartbeat > 0:
+        if isinstance(heartbeat, (int, float)) and heartbeat > 0 and heartbeat != self._heartbeat:
             self._heartbeat = float(heartbeat)
+            # The watchdog may be asleep for 2 x the old heartbeat: start it again with the node's.
+            ws = self._ws
+            if self._watch is not None and ws is not None:
+                self._watch.cancel()
+                self._watch = self._session.spawn(self._watchdog(ws), name="fanline-client-watchdog")
         node = message.get("node")
         self.node = node if isinstance(node, str) else None
         if not self._subs:
