@@ -37,6 +37,7 @@ import json
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -121,6 +122,8 @@ log = logging.getLogger("fanline.client")
 
 T = TypeVar("T")
 Message = dict[str, Any]
+
+_decode = json.JSONDecoder().decode
 
 # Inbound frames: the node batches up to write_batch (64) messages of up to
 # max_message_bytes (64 KiB) each into one frame.
@@ -212,18 +215,19 @@ class Client:
         self._attempt = 0
         self._running = False
         self._tasks = TaskSet()  # the connection loop
-        self._session = TaskSet()  # one connection's writer, watchdog and refresher
+        self._session = TaskSet()  # one connection's sends and refresher
         self._timers: set[asyncio.TimerHandle] = set()
         self._pending: dict[int, asyncio.Future[Message] | str] = {}
         self._rid = 0
         self._gen = 0  # one per connection: timers of an older one do nothing
         self._ws: ClientConnection | None = None
-        self._outbox: asyncio.Queue[str] | None = None
+        self._outbox: deque[str] | None = None  # the connection's messages not yet written
+        self._flushing = False  # a task is writing the outbox
         self._credentials = self._fixed
         self._hint: float | None = None  # the node's reconnect hint (drain)
         self._drop: _Ending | None = None  # why the client itself ended the connection
         self._last_frame = 0.0
-        self._watch: asyncio.Task[None] | None = None
+        self._watch: asyncio.TimerHandle | None = None
         self._changed = asyncio.Event()  # set whenever the state changes: requests wait on it
 
     # -- the application's side ------------------------------------------------------------------
@@ -382,12 +386,12 @@ class Client:
             )
             self._hint = None
             if step is None:
-                self._fail(ending.code, ending.reason)
+                self._fail(int(ending.code), ending.reason)
                 return
             self._attempt = step.attempt
             self._next_url += 1
             self._set_state(State.DISCONNECTED)
-            self._emit(Disconnected(ending.code, ending.reason, step.delay, ending.url))
+            self._emit(Disconnected(int(ending.code), ending.reason, step.delay, ending.url))
             await asyncio.sleep(step.delay)
 
     async def _connection(self) -> _Ending:
@@ -440,23 +444,27 @@ class Client:
         self._ws = ws
         self.url = url
         self._drop = None
-        self._outbox = outbox = asyncio.Queue[str]()
+        self._outbox = deque()
+        self._flushing = False
         self._last_frame = loop.time()
-        self._session.spawn(self._writer(ws, outbox), name="fanline-client-writer")
-        self._watch = self._session.spawn(self._watchdog(ws), name="fanline-client-watchdog")
+        self._arm_watchdog(ws)
         if shake.first_frame is not None:
             self._send(shake.first_frame)
         for sub in self._subs.values():
             self._send_subscribe(sub)
         handle = self._message
+        decode = _decode
         try:
             while True:
                 frame = await ws.recv()
                 self._last_frame = loop.time()
                 text = frame if isinstance(frame, str) else frame.decode()
-                # A frame holds one or more messages, one JSON object per line.
-                for line in text.split("\n"):
-                    handle(json.loads(line))
+                # A frame holds one or more messages, one JSON object per line; no
+                # message contains a raw newline, so the frame is one JSON array
+                # away from a single decode.
+                messages = decode(f"[{text.replace(chr(10), ',')}]") if "\n" in text else [decode(text)]
+                for message in messages:
+                    handle(message)
         except ConnectionClosed as closed:
             if self._drop is not None:
                 return self._drop
@@ -473,7 +481,9 @@ class Client:
         """After a connection: stop its tasks and timers, fail its requests, mark subscriptions to resume."""
         self._ws = None
         self._outbox = None
-        self._watch = None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -489,24 +499,40 @@ class Client:
                 sub.state = SubscriptionState.SUBSCRIBING
             sub.pending_rid = None
 
-    async def _writer(self, ws: ClientConnection, outbox: asyncio.Queue[str]) -> None:
-        """Send the connection's messages in order (one task, so order is the order of _send calls)."""
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await ws.send(await outbox.get())
+    async def _flush(self, ws: ClientConnection, outbox: deque[str]) -> None:
+        """Write the outbox in order; a task exists only while there is something to write."""
+        try:
+            while outbox:
+                await ws.send(outbox.popleft())
+        except ConnectionClosed:
+            pass  # the reader sees the close
+        finally:
+            if self._outbox is outbox:
+                self._flushing = False
 
-    async def _watchdog(self, ws: ClientConnection) -> None:
-        """No frame for 2 x heartbeat seconds: the connection is dead (docs/protocol.md, "Heartbeats")."""
+    def _arm_watchdog(self, ws: ClientConnection) -> None:
+        """No frame for 2 x heartbeat seconds: the connection is dead (docs/protocol.md, "Heartbeats").
+
+        A timer, not a task, re-armed only when it fires: the reader just notes
+        the time of every frame.
+        """
+        if self._watch is not None:
+            self._watch.cancel()
         loop = asyncio.get_running_loop()
-        while True:
-            limit = self._heartbeat * WATCHDOG_FACTOR
-            silence = loop.time() - self._last_frame
-            if silence >= limit:
-                if self._drop is None:
-                    self._drop = _Ending(Close.ABNORMAL, "no heartbeat", self.url or "")
-                ws.transport.abort()
+
+        def check() -> None:
+            if ws is not self._ws:
                 return
-            await asyncio.sleep(limit - silence)
+            limit = self._heartbeat * WATCHDOG_FACTOR
+            if loop.time() - self._last_frame < limit:
+                self._watch = loop.call_at(self._last_frame + limit, check)
+                return
+            self._watch = None
+            if self._drop is None:
+                self._drop = _Ending(Close.ABNORMAL, "no heartbeat", self.url or "")
+            ws.transport.abort()
+
+        self._watch = loop.call_at(self._last_frame + self._heartbeat * WATCHDOG_FACTOR, check)
 
     async def _refresher(self, gen: int) -> None:
         """Refresh the credential at 80% of its remaining lifetime, and again (sooner) after a failure."""
@@ -561,9 +587,13 @@ class Client:
     # -- messages ----------------------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
-        outbox = self._outbox
-        if outbox is not None:
-            outbox.put_nowait(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+        outbox, ws = self._outbox, self._ws
+        if outbox is None or ws is None:
+            return
+        outbox.append(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+        if not self._flushing:
+            self._flushing = True
+            self._session.spawn(self._flush(ws, outbox), name="fanline-client-send")
 
     def _next_rid(self) -> int:
         self._rid += 1
@@ -653,11 +683,9 @@ class Client:
         heartbeat = message.get("heartbeat")
         if isinstance(heartbeat, (int, float)) and heartbeat > 0 and heartbeat != self._heartbeat:
             self._heartbeat = float(heartbeat)
-            # The watchdog may be asleep for 2 x the old heartbeat: start it again with the node's.
-            ws = self._ws
-            if self._watch is not None and ws is not None:
-                self._watch.cancel()
-                self._watch = self._session.spawn(self._watchdog(ws), name="fanline-client-watchdog")
+            # The watchdog is set for 2 x the old heartbeat: set it again with the node's.
+            if self._ws is not None:
+                self._arm_watchdog(self._ws)
         node = message.get("node")
         self.node = node if isinstance(node, str) else None
         if not self._subs:

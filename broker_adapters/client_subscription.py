@@ -130,7 +130,8 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Item:
-        self._commit()
+        if self._handed is not None:
+            self._commit()
         items = self._items
         while True:
             while not items:
