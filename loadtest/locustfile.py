@@ -31,6 +31,8 @@ writes the results; see :mod:`loadtest.merge`.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import importlib.util
 import json
 import random
@@ -38,23 +40,37 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import gevent
 import requests
-import websocket
 from locust import HttpUser, User, between, constant_throughput, events, task
 from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 
 if importlib.util.find_spec("loadtest") is None:
     # Locust puts only this file's own directory on sys.path; the package
-    # (and broker_adapters, for --fanline-broker) live in its parent.  This
+    # (and broker_adapters: the WebSocket users' client, --fanline-broker) live in its parent.  This
     # makes ``locust -f /path/to/loadtest/locustfile.py`` work from anywhere.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from broker_adapters.client import (  # noqa: E402
+    Client,
+    ClientEvent,
+    Connected,
+    Disconnected,
+    ErrorNotice,
+    Failed,
+    Publication,
+    State,
+    StateChanged,
+    Subscribed,
+    SubscribeError,
+)
 from loadtest.merge import PART_KEY, Merge, worker_part  # noqa: E402
 from loadtest.stream_checks import Report, StreamProblem, StreamTracker  # noqa: E402
 
@@ -167,8 +183,9 @@ class _Subscriber(User):
             gevent.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 10.0)
 
-    def _event(self, message: dict[str, Any], size: int) -> None:
-        now = time.time()
+    def _event(self, message: dict[str, Any], size: int, now: float | None = None) -> None:
+        """An event received at ``now`` (default: this moment)."""
+        now = time.time() if now is None else now
         channel, event_id = message["channel"], message["id"]
         problem = self.tracker.event(channel, event_id)
         data = message.get("data")
@@ -192,67 +209,147 @@ class _Subscriber(User):
         raise NotImplementedError
 
 
+class _ClientThread:
+    """The Python client's asyncio loop: one real OS thread per Locust process, for every WebSocket user.
+
+    Locust runs on gevent, and asyncio must not share its hub, so (as for the
+    broker publisher below) the loop runs in gevent's native thread pool, on
+    uvloop where installed (libuv's sockets are out of gevent's reach).  Clients
+    post what they receive, with its arrival time, to a deque; a greenlet hands
+    it to Locust every 50 ms, so that Locust's statistics and the stream checks
+    are only ever touched from gevent.
+    """
+
+    _instance: _ClientThread | None = None
+
+    @classmethod
+    def get(cls) -> _ClientThread:
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from gevent.threadpool import ThreadPool
+
+        try:
+            import uvloop
+
+            self.loop = uvloop.new_event_loop()
+        except ImportError:
+            self.loop = asyncio.new_event_loop()
+        self.pool = ThreadPool(1)
+        self.pool.spawn(self.loop.run_forever)
+        self.inbox: deque[Callable[[], None]] = deque()
+        self.stopped = False
+        self.drainer = gevent.spawn(self._drain)
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def post(self, action: Callable[[], None]) -> None:
+        """From the loop's thread: run ``action`` in gevent (deque appends are thread-safe)."""
+        self.inbox.append(action)
+
+    def _drain(self) -> None:
+        while not self.stopped:
+            for _ in range(len(self.inbox)):
+                action = self.inbox.popleft()
+                try:
+                    action()
+                except Exception as exc:  # a bug in a handler must not stop the others
+                    print(f"fanline: a WebSocket user's handler failed: {exc!r}")
+            gevent.sleep(0.05)
+
+
+def _wait(future: concurrent.futures.Future[Any], seconds: float) -> None:
+    """Wait for the loop thread without blocking gevent's hub (bounded)."""
+    for _ in range(int(seconds / 0.05)):
+        if future.done():
+            return
+        gevent.sleep(0.05)
+
+
 class WebSocketUser(_Subscriber):
-    """Subscribes over ``/ws`` with websocket-client; resumes with ``since`` after a drop."""
+    """Subscribes over ``/ws`` with the Python client (broker_adapters/client.py), as an application does:
+    reconnects with backoff, drain hints, resume with ``since``, the watchdog are the client's."""
 
     transport = "WS"
     weight = 10
 
     def on_start(self) -> None:
-        self.ws: websocket.WebSocket | None = None
-        super().on_start()
+        options = _options_of(self)
+        self.channels = _pick_channels(options)
+        self.tracker = StreamTracker(contiguous=not options.fanline_offset_skips)
+        self.stopping = False
+        self.runtime = _ClientThread.get()
+        self.client: Client | None = None
+        self.attempt_at = self.connected_at = time.perf_counter()
+        self.serving = self.runtime.submit(self._serve())
 
-    def _url(self) -> str:
-        return self.host.replace("https://", "wss://").replace("http://", "ws://").rstrip("/") + "/ws"
+    def on_stop(self) -> None:
+        self.stopping = True
+        if self.client is not None:
+            _wait(self.runtime.submit(self.client.close()), 5)
+        _wait(self.serving, 5)
 
-    def _connect_and_read(self) -> None:
-        started = time.perf_counter()
-        try:
-            ws = websocket.create_connection(self._url(), timeout=10, enable_multithread=True)
-        except Exception as exc:
-            _fire(self.environment, "WS", "connect", (time.perf_counter() - started) * 1000, exception=exc)
-            raise
-        self.ws = ws
-        _fire(self.environment, "WS", "connect", (time.perf_counter() - started) * 1000)
-        resume = self.tracker.resume_ids()
-        sent_at: dict[int, float] = {}
-        for rid, channel in enumerate(self.channels):
-            message: dict[str, Any] = {"type": "subscribe", "channel": channel, "rid": rid}
-            if channel in resume:
-                message["since"] = resume[channel]
-            sent_at[rid] = time.perf_counter()
-            ws.send(json.dumps(message))
-        ws.settimeout(None)  # heartbeats come every 25 s; a dead socket raises
-        while not self.stopping:
-            frame = ws.recv()
-            if not frame:
-                raise ConnectionError("WebSocket closed by the server")
-            text = frame if isinstance(frame, str) else frame.decode()
-            # A server frame may hold several messages, one per line.
-            for line in text.split("\n"):
-                message = json.loads(line)
-                kind = message.get("type")
-                if kind == "event":
-                    self._event(message, len(line))
-                elif kind == "reset":
-                    self._reset(message["channel"], message["id"], message.get("reason", ""))
-                elif kind == "subscribed":
-                    if not message.get("recovered", True):
-                        REPORT.problem("WS", "not_recovered")
-                    self.tracker.start(message["channel"], message.get("id"))
-                    began = sent_at.pop(message.get("rid", -1), None)
-                    if began is not None:
-                        _fire(self.environment, "WS", "subscribe", (time.perf_counter() - began) * 1000)
-                elif kind == "error":
-                    _fire(self.environment, "WS", "error", 0,
-                          exception=RuntimeError(f"{message.get('code')}: {message.get('message')}"))
+    # -- in the client's thread: note what happens, and post it to gevent -------------------------
 
-    def _close(self) -> None:
-        if self.ws is not None:
-            try:
-                self.ws.close(timeout=1)
-            except Exception:
-                pass
+    async def _serve(self) -> None:
+        import asyncio
+
+        self.client = Client(self.host, on_event=self._client_event)
+        self.client.connect()
+        await asyncio.gather(*(self._read(channel) for channel in self.channels))
+
+    async def _read(self, channel: str) -> None:
+        assert self.client is not None
+        post = self.runtime.post
+        subscription = self.client.subscribe(channel, on_subscribed=self._subscribed, on_error=self._refused)
+        async for item in subscription:
+            if isinstance(item, Publication):
+                message = {"channel": channel, "id": item.id, "data": item.data}
+                post(functools.partial(self._event, message, 0, time.time()))
+            else:
+                post(functools.partial(self._reset, channel, item.id, str(item.reason)))
+
+    def _client_event(self, event: ClientEvent) -> None:
+        now = time.perf_counter()
+        if isinstance(event, StateChanged) and event.state is State.CONNECTING:
+            self.attempt_at = now
+        elif isinstance(event, Connected):
+            self.connected_at = now
+            ms = (now - self.attempt_at) * 1000
+            self.runtime.post(lambda: _fire(self.environment, "WS", "connect", ms))
+        elif isinstance(event, Disconnected) and not self.stopping:
+            problem = ConnectionError(f"{event.code} {event.reason}")
+            self.runtime.post(lambda: self._disconnected(problem))
+        elif isinstance(event, (Failed, ErrorNotice)):
+            problem = RuntimeError(str(event))
+            self.runtime.post(lambda: _fire(self.environment, "WS", "error", 0, exception=problem))
+
+    def _subscribed(self, confirmation: Subscribed) -> None:
+        ms = (time.perf_counter() - self.connected_at) * 1000
+
+        def report() -> None:
+            if confirmation.recovered is False:
+                REPORT.problem("WS", "not_recovered")
+            _fire(self.environment, "WS", "subscribe", ms)
+
+        self.runtime.post(report)
+
+    def _refused(self, error: SubscribeError) -> None:
+        problem = RuntimeError(f"{error.code}: {error.message}")
+        self.runtime.post(lambda: _fire(self.environment, "WS", "error", 0, exception=problem))
+
+    # -- in gevent ------------------------------------------------------------------------------
+
+    def _disconnected(self, problem: Exception) -> None:
+        _fire(self.environment, "WS", "disconnect", 0, exception=problem)
+        REPORT.problem("WS", "disconnect")
 
 
 class SSEParser:

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
+from broker_adapters.client import Client, ClientEvent, Disconnected, Publication, Reset
 from broker_adapters.publisher import Publisher
 
 from .clients import SSEClient, WSClient, publish
@@ -109,37 +109,30 @@ async def test_an_application_publishing_with_the_raw_client_reaches_live_and_re
     await again.close()
 
 
-async def _drain_ws(client: WSClient) -> list[dict[str, Any]]:
-    """Everything a client still receives from a dying node, until the connection ends."""
-    out: list[dict[str, Any]] = []
-    with contextlib.suppress(websockets.ConnectionClosed, TimeoutError):
-        for _ in range(10_000):
-            message = await client.recv(timeout=5)
-            if message["type"] in ("event", "reset"):
-                out.append(message)
-    return out
-
-
 async def test_websocket_client_fails_over_to_another_node_without_loss_or_duplicates(
     node_a: NodeProcess, survivor: NodeProcess, channel: str
 ) -> None:
     total = 120
-    client = await WSClient.connect(node_a.ws_url)
-    await client.subscribe(channel)
-    received: list[dict[str, Any]] = []
-    async with publishing(survivor.url, channel, total) as ids:
-        received += await client.events(20)
-        await asyncio.to_thread(node_a.kill)
-        received += await _drain_ws(client)
-        assert all(m["type"] == "event" for m in received)
-        # The client reconnects elsewhere, as a load balancer would send it.
-        client = await WSClient.connect(survivor.ws_url)
-        reply = await client.subscribe(channel, since=received[-1]["id"])
-        assert reply["recovered"] is True
-        received += await client.events(total - len(received), timeout=20)
-    assert [m["data"] for m in received] == list(range(total))
-    assert [m["id"] for m in received] == ids
-    await client.close()
+    events: list[ClientEvent] = []
+    # The Python client, given node A then node B (as a client configured with several nodes).
+    async with Client([node_a.url, survivor.url], shuffle=False, backoff_base=0.05, on_event=events.append) as client:
+        subscription = client.subscribe(channel)
+        await subscription.wait_subscribed(10)
+        received: list[Publication | Reset] = []
+        async with publishing(survivor.url, channel, total) as ids:
+            async with asyncio.timeout(60):
+                async for item in subscription:
+                    received.append(item)
+                    if len(received) == 20:
+                        await asyncio.to_thread(node_a.kill)
+                    if len(received) == total:
+                        break
+        assert client.url == survivor.ws_url and subscription.last_subscribed is not None
+        assert subscription.last_subscribed.recovered is True
+    assert all(isinstance(item, Publication) for item in received)
+    assert [item.data for item in received] == list(range(total))  # type: ignore[union-attr]
+    assert [item.id for item in received] == ids
+    assert [e.code for e in events if isinstance(e, Disconnected)] == [1006]
 
 
 async def test_sse_client_fails_over_to_another_node_without_loss_or_duplicates(

@@ -9,7 +9,8 @@ The scale-out scenario of issue 14: three pods hold every connection, three
 new pods join empty, ``fanline cluster rebalance --apply`` moves connections
 until every pod is within 10 % of the mean, and every client gets every
 event.  The clients reconnect the way a least-connections load balancer
-would send them.  ``make test`` runs it with 300 clients;
+would send them (the Python client, broker_adapters/client.py, asks the
+balancer for a URL at every attempt).  ``make test`` runs it with 300 clients;
 FANLINE_SCALEOUT_CLIENTS=3000 runs the issue's full size.
 """
 
@@ -28,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets
 
+from broker_adapters.client import Client, ClientEvent, ClientFailure, Disconnected, Reset, Subscribed
 from broker_adapters.publisher import Publisher
 
-from .clients import WSClient
 from .kubeapi import FakeCluster
 from .processes import ROOT, NodeProcess
 from .servers import running
@@ -120,73 +120,57 @@ class Tally:
 async def follow(
     url: str, channel: str, balancer: Balancer, tally: Tally, ready: asyncio.Event, release: asyncio.Event
 ) -> None:
-    """Subscribe, and on a drain/1012 reconnect where the balancer says and resume from the last id;
-    stay connected until every event came and the test ``release``s the clients."""
-    client = await WSClient.connect(url)
-    balancer.opened(url)
-    last_id = (await client.subscribe(channel))["id"]
-    ready.set()
+    """The Python client, on ``url`` first and then wherever the balancer routes each reconnect;
+    stays connected until every event came and the test ``release``s the clients."""
+    first = [url]
+    routed: list[str] = []  # every URL the balancer routed an attempt to
+    ended = [0]  # attempts that ended (each with a Disconnected)
+
+    def route() -> str:
+        if first:
+            balancer.opened(first[0])
+            routed.append(first.pop())
+        else:
+            routed.append(balancer.pick())
+        return routed[-1]
+
+    def on_event(event: ClientEvent) -> None:
+        if isinstance(event, Disconnected):  # a connection, or an attempt, the balancer counted has ended
+            balancer.closed(event.url)
+            ended[0] += 1
+            tally.moved += 1
+
+    def on_subscribed(confirmation: Subscribed) -> None:
+        tally.not_recovered += confirmation.recovered is False
+
     expected = 0
-    reconnect_after = 0
-    deadline = asyncio.get_running_loop().time() + 240
+    client = Client(route, on_event=on_event)
     try:
-        while expected < ROUNDS or not release.is_set():
-            try:
-                message = await client.recv(timeout=1.0)
-            except TimeoutError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                continue
-            except websockets.ConnectionClosed:
-                balancer.closed(url)
-                tally.moved += 1
-                await asyncio.sleep(reconnect_after / 1000)
-                client, url, reply = await resume(channel, last_id, balancer, tally)
-                tally.not_recovered += not reply.get("recovered")
-                continue
-            if message["type"] == "event":
-                seq = message["data"]["seq"]
-                if seq < expected:
-                    tally.duplicates += 1
-                    continue
-                tally.lost += seq - expected
-                tally.received += 1
-                expected = seq + 1
-                last_id = message["id"]
-            elif message["type"] == "drain":
-                reconnect_after = message["reconnect_after"]
-            elif message["type"] == "reset":
-                tally.resets += 1
-    except (TimeoutError, OSError, websockets.WebSocketException) as exc:
+        async with client:
+            subscription = client.subscribe(channel, on_subscribed=on_subscribed)
+            await subscription.wait_subscribed(60)
+            ready.set()
+            async with asyncio.timeout(240):
+                async for item in subscription:
+                    if isinstance(item, Reset):
+                        tally.resets += 1
+                        continue
+                    seq = item.data["seq"]
+                    if seq < expected:
+                        tally.duplicates += 1
+                        continue
+                    tally.lost += seq - expected
+                    tally.received += 1
+                    expected = seq + 1
+                    if expected == ROUNDS:
+                        break
+                await release.wait()
+    except (TimeoutError, ClientFailure) as exc:
         tally.lost += ROUNDS - expected
         tally.errors.append(f"{channel}: {exc!r} after {expected}")
     finally:
-        balancer.closed(url)
-        await client.close()
-
-
-async def resume(channel: str, since: str, balancer: Balancer, tally: Tally) -> tuple[WSClient, str, dict[str, Any]]:
-    """Reconnect where the balancer says and resubscribe from ``since``.
-
-    A connection may be shed again before its ``subscribed`` arrives (a later round
-    picks it): then, as a client must, take the ``drain`` hint and try again.
-    """
-    for _ in range(20):
-        url = balancer.pick()
-        client = await WSClient.connect(url)
-        await client.send({"type": "subscribe", "channel": channel, "since": since, "rid": 1})
-        try:
-            while True:
-                message = await client.recv(timeout=30)
-                if message["type"] == "subscribed":
-                    return client, url, message
-                if message["type"] == "drain":
-                    tally.moved += 1
-                    await asyncio.sleep(message["reconnect_after"] / 1000)
-        except websockets.ConnectionClosed:
-            balancer.closed(url)
-            await client.close()
-    raise RuntimeError(f"could not resume {channel} in 20 attempts")
+        if len(routed) > ended[0]:  # the last connection, closed by the client
+            balancer.closed(routed[-1])
 
 
 async def publish_rounds(broker_url: str, channels: list[str], pause: float) -> int:

@@ -2,7 +2,9 @@
 
 Two nodes share a real Redis.  Clients on node A are closed by A's paced
 drain; each reconnects to node B with its last id and resumes, while a
-publisher keeps publishing through node B the whole time.
+publisher keeps publishing through node B the whole time.  The WebSocket
+clients are the Python client (broker_adapters/client.py), given A then B;
+the SSE clients behave as a browser's EventSource.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
-import websockets
 
-from .clients import SSEClient, WSClient
+from broker_adapters.client import Client, ClientEvent, Disconnected, Draining, Publication
+
+from .clients import SSEClient
 from .processes import NodeProcess
 from .servers import running
 
@@ -33,34 +36,24 @@ def redis_server() -> Iterator[Any]:
 
 
 async def _ws_client(a: NodeProcess, b: NodeProcess, channel: str, ready: asyncio.Event) -> tuple[list[int], list[Any]]:
-    """Follow the protocol: on 1012, wait reconnect_after, then resume on another node."""
+    """The Python client, started on A: on A's drain it takes the hint and resumes on B."""
     received: list[int] = []
-    notes: list[Any] = []
-    client = await WSClient.connect(a.ws_url)
-    last = (await client.subscribe(channel))["id"]
-    ready.set()
-    reconnect_after = None
-    try:
-        while True:
-            message = await client.recv(timeout=30)
-            if message["type"] == "event":
-                received.append(message["data"])
-                last = message["id"]
-            elif message["type"] == "drain":
-                reconnect_after = message["reconnect_after"]
-    except websockets.ConnectionClosed as closed:
-        notes.append(closed.rcvd.code if closed.rcvd else None)
-    notes.append(reconnect_after)
-    await asyncio.sleep((reconnect_after or 0) / 1000)
-    client = await WSClient.connect(b.ws_url)
-    reply = await client.subscribe(channel, since=last)
-    notes.append(reply["recovered"])
-    while not received or received[-1] != EVENTS - 1:
-        message = await client.recv(timeout=30)
-        if message["type"] == "event":
-            received.append(message["data"])
-    await client.close()
-    return received, notes
+    events: list[ClientEvent] = []
+    async with Client([a.url, b.url], shuffle=False, on_event=events.append) as client:
+        subscription = client.subscribe(channel)
+        await subscription.wait_subscribed(20)
+        ready.set()
+        async with asyncio.timeout(60):
+            async for item in subscription:
+                assert isinstance(item, Publication), item
+                received.append(item.data)
+                if item.data == EVENTS - 1:
+                    break
+        recovered = subscription.last_subscribed.recovered if subscription.last_subscribed else None
+        now_on = client.url
+    hint = [e.reconnect_after for e in events if isinstance(e, Draining)]
+    gone = [(e.code, e.delay) for e in events if isinstance(e, Disconnected)]
+    return received, [gone, hint, recovered, now_on == b.ws_url]
 
 
 async def _sse_client(a: NodeProcess, b: NodeProcess, channel: str, ready: asyncio.Event) -> tuple[list[int], list[Any]]:
@@ -119,7 +112,10 @@ async def test_sigterm_drains_clients_to_another_node_without_loss(redis_server:
         for received, notes in results:
             assert received == list(range(EVENTS)), notes
         ws_notes = [notes for _, notes in results[:CLIENTS_PER_TRANSPORT]]
-        assert all(code == 1012 and hint and recovered for code, hint, recovered in ws_notes), ws_notes
+        # One disconnection each: 1012 from A, after exactly the drain's hint; resumed on B, recovered.
+        for gone, hint, recovered, on_b in ws_notes:
+            assert gone == [(1012, hint[0])] and len(hint) == 1, (gone, hint)
+            assert recovered is True and on_b, (recovered, on_b)
         sse_notes = [notes for _, notes in results[CLIENTS_PER_TRANSPORT:]]
         assert all(retry and recovered for retry, recovered in sse_notes), sse_notes
         assert exit_code in (0, -15)

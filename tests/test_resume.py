@@ -1,9 +1,9 @@
 """Resume: exactly the missed events, in order, without duplicates, or an explicit reset.
 
 The property test drives random schedules of publishes and disconnects, with
-several concurrent publishers, against a real node; every client, WebSocket
-or SSE, must end with the same sequence as an observer that never
-disconnected.
+several concurrent publishers, against a real node; every client, the Python
+client on WebSocket or an EventSource-like SSE client, must end with the same
+sequence as an observer that never disconnected.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker_adapters.client import Client, Publication
+
 from .clients import SSEClient, WSClient, publish
 from .processes import NodeProcess
 
 
 @dataclass
 class ResumingClient:
-    """A client that keeps its last id and resumes from it after every drop."""
+    """An SSE client that resumes from its last composite id after every drop, as EventSource does."""
 
     node: NodeProcess
     channel: str
-    transport: str
+    transport: str = "sse"
     received: list[tuple[str, object]] = field(default_factory=list)
     resets: list[str] = field(default_factory=list)
     last_id: str | None = None
@@ -50,51 +52,67 @@ class ResumingClient:
                 return True
             return stop.is_set() and len(self.received) >= total[0]
 
-        if self.transport == "ws":
-            ws = await WSClient.connect(self.node.ws_url)
-            try:
-                reply = await ws.subscribe(self.channel, since=self.last_id)
-                self.last_id = reply["id"]
-                while not done():
-                    try:
-                        message = await ws.recv(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    self._take(message["type"], message)
-            finally:
-                await ws.close()
-        else:
-            sse = await SSEClient.connect(self.node.url, [self.channel], last_event_id=self.last_id)
-            try:
-                # Like a WebSocket client's subscribed reply, fanline.subscribed
-                # gives the position; a client that drops before it has none.
-                first = await sse.next_event(timeout=10)
-                assert first.event == "fanline.subscribed", first
-                self.last_id = first.id or self.last_id
-                while not done():
-                    try:
-                        event = await sse.next_event(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    body = event.json()
-                    kind = "event" if event.event == "message" else body["type"]
-                    self.last_id = event.id or self.last_id
-                    self._take(kind, body)
-            finally:
-                await sse.close()
+        sse = await SSEClient.connect(self.node.url, [self.channel], last_event_id=self.last_id)
+        try:
+            # Like a WebSocket client's subscribed reply, fanline.subscribed
+            # gives the position; a client that drops before it has none.
+            first = await sse.next_event(timeout=10)
+            assert first.event == "fanline.subscribed", first
+            self.last_id = first.id or self.last_id
+            while not done():
+                try:
+                    event = await sse.next_event(timeout=0.2)
+                except TimeoutError:
+                    continue
+                body = event.json()
+                self.last_id = event.id or self.last_id
+                if event.event == "message":
+                    self.received.append((str(body["id"]), body["data"]))
+                elif body["type"] == "reset":
+                    self.resets.append(str(body["reason"]))
+        finally:
+            await sse.close()
 
-    def _take(self, kind: str, message: dict[str, object]) -> None:
-        if kind == "event":
-            self.received.append((str(message["id"]), message["data"]))
-            if self.transport == "ws":
-                self.last_id = str(message["id"])
-        elif kind == "reset":
-            self.resets.append(str(message["reason"]))
+
+@dataclass
+class PythonClient:
+    """The Python client (broker_adapters/client.py): its connection is dropped after each count in
+    ``drops`` (and the application pauses), and it resumes by itself."""
+
+    node: NodeProcess
+    channel: str
+    transport: str = "ws"
+    received: list[tuple[str, object]] = field(default_factory=list)
+    resets: list[str] = field(default_factory=list)
+
+    async def run(self, drops: list[tuple[int, float]], stop: asyncio.Event, total: list[int]) -> None:
+        pending_drops = sorted(drops)
+        async with Client(self.node.url, backoff_base=0.02, backoff_max=0.1) as client:
+            subscription = client.subscribe(self.channel)
+            await subscription.wait_subscribed(10)
+
+            async def drop_due() -> None:
+                while pending_drops and len(self.received) >= pending_drops[0][0]:
+                    _, pause = pending_drops.pop(0)
+                    client.reconnect()
+                    await asyncio.sleep(pause)
+
+            await drop_due()
+            if total[0] == 0:
+                return
+            async for item in subscription:
+                if isinstance(item, Publication):
+                    self.received.append((item.id, item.data))
+                else:
+                    self.resets.append(str(item.reason))
+                await drop_due()
+                if len(self.received) >= total[0]:
+                    return
 
 
 async def _scenario(node: NodeProcess, channel: str, publishers: int, per_publisher: int,
                     drops: dict[int, list[tuple[int, float]]]) -> None:
-    clients = [ResumingClient(node, channel, t) for t in ("ws", "ws", "sse")]
+    clients: list[ResumingClient | PythonClient] = [PythonClient(node, channel), PythonClient(node, channel), ResumingClient(node, channel)]
     observer = await WSClient.connect(node.ws_url)
     await observer.subscribe(channel)
     stop = asyncio.Event()
