@@ -543,7 +543,8 @@ class Client:
                 return
             await asyncio.sleep(refresh_delay(exp, time.time()))
             try:
-                fresh = await self._fetch(source)
+                async with asyncio.timeout(self._timeout):
+                    fresh = await self._fetch(source)
                 message: Message = {"type": "refresh"}
                 if fresh.ticket:
                     message["ticket"] = fresh.ticket
