@@ -68,7 +68,9 @@ class Positions:
 
     def start(self, channel: str, since: str | None | Since) -> str | None:
         """Begin a subscription: set both positions from ``since`` or what is known; return the position."""
-        known = self.received.get(channel) or self.processed.get(channel) or self._load(channel)
+        # What was processed, not what arrived: a subscription that ended (a failure) may have
+        # left items the application never took.
+        known = self.processed.get(channel) or self._load(channel)
         position = starting_position(since, known)
         self.received.pop(channel, None)
         self.processed.pop(channel, None)
