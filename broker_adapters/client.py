@@ -125,6 +125,10 @@ Message = dict[str, Any]
 
 _decode = json.JSONDecoder().decode
 
+# Subscribe refusals the client answers by sending the subscribe again after a backoff
+# (docs/protocol.md: broker_unavailable; docs/hooks.md: a failed subscribe hook).
+RETRIED_SUBSCRIBE_ERRORS = frozenset({"broker_unavailable", "backend_unavailable"})
+
 # Inbound frames: the node batches up to write_batch (64) messages of up to
 # max_message_bytes (64 KiB) each into one frame.
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
@@ -313,6 +317,7 @@ class Client:
         if sub is None:
             return
         self._positions.forget(channel)
+        sub.forgotten = True
         sub.state = SubscriptionState.UNSUBSCRIBED
         sub._close(None)
         if self._outbox is not None:
@@ -672,6 +677,9 @@ class Client:
             self._connected(message)
         elif kind == "error":
             self._error(message, rid, waiting)
+        elif kind == "unsubscribed":
+            if message.get("reason") == "server":
+                self._unsubscribed_by_server(message["channel"])
         elif kind == "drain":
             after = message.get("reconnect_after")
             if isinstance(after, (int, float)):
@@ -743,8 +751,9 @@ class Client:
         if code == "already_subscribed":
             return  # a subscribe sent twice (see rate_limited): the first one counts
         sub.pending_rid = None
-        if code == "broker_unavailable":
-            # The node cannot reach its broker yet: the same subscribe, same since, after a backoff.
+        if code in RETRIED_SUBSCRIBE_ERRORS:
+            # The node cannot reach its broker (or the application's subscribe hook) yet:
+            # the same subscribe, same since, after a backoff.
             delay = subscribe_retry_delay(sub.tries)
             sub.tries += 1
             self._later(delay, lambda: self._retry_subscribe(sub))
@@ -752,6 +761,14 @@ class Client:
             return
         self._subs.pop(sub.channel, None)
         sub._refused(SubscribeError(sub.channel, code, text))
+
+    def _unsubscribed_by_server(self, channel: str) -> None:
+        """The application unsubscribed this connection (server API): the subscription ends, after what it
+        received, and is not sent again; its position stays where the application left it."""
+        sub = self._subs.pop(channel, None)
+        if sub is not None:
+            sub.state = SubscriptionState.UNSUBSCRIBED
+            sub._close(None, keep=True)
 
     def _retry_subscribe(self, sub: Subscription) -> None:
         if self._subs.get(sub.channel) is sub and sub.state is SubscriptionState.SUBSCRIBING and sub.pending_rid is None:

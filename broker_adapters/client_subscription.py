@@ -61,6 +61,7 @@ class Subscription:
         "_confirmed",
         "channel",
         "last_subscribed",
+        "forgotten",
         "pending_rid",
         "state",
         "tries",
@@ -91,6 +92,8 @@ class Subscription:
         self.last_subscribed: Subscribed | None = None
         # Subscribes refused with broker_unavailable in a row (the retry backoff).
         self.tries = 0
+        # Unsubscribed by the application: its position is forgotten, and nothing may write it again.
+        self.forgotten = False
         # The rid of the latest subscribe sent: only its reply counts (an older one may still be on its way).
         self.pending_rid: int | None = None
 
@@ -154,7 +157,7 @@ class Subscription:
 
     def _commit(self) -> None:
         if self._handed is not None:
-            if self.state is not SubscriptionState.UNSUBSCRIBED:
+            if not self.forgotten:
                 self._positions.commit(self.channel, self._handed)
             self._handed = None
 
@@ -205,5 +208,6 @@ class Subscription:
             self._wake()
             self._confirmed.set()
 
-    def _close(self, failure: ClientFailure | None) -> None:
-        self._finish(failure if failure is not None else StopAsyncIteration(), keep=failure is not None)
+    def _close(self, failure: ClientFailure | None, keep: bool = False) -> None:
+        """End the iteration: with ``failure`` after the items queued; else at once, or after them (``keep``)."""
+        self._finish(failure if failure is not None else StopAsyncIteration(), keep=keep or failure is not None)

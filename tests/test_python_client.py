@@ -451,3 +451,23 @@ async def test_a_subscribe_refused_with_broker_unavailable_is_retried_until_the_
                         await asyncio.sleep(0.1)
             await until(lambda: log.items, "an event after the outage")
             assert log.publications[0].data == "after" and log.resets == []
+
+
+async def test_a_server_unsubscribe_ends_the_subscription_and_it_is_not_sent_again(
+    client_of: Callable[..., Client], secured: NodeProcess, channel: str
+) -> None:
+    client = client_of(secured.url, credential=lambda: token(600), backoff_base=0.05).connect()
+    log = Log(client, channel)
+    other = Log(client, channel + ".other")
+    await log.sub.wait_subscribed(10)
+    await other.sub.wait_subscribed(10)
+    await client.publish(channel, "before")
+    await until(lambda: log.items, "an event")
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.post(secured.url + "/api/unsubscribe", json={"user": "ada", "channel": channel})
+        assert response.status_code == 200, response.text
+    await until(lambda: log.task.done(), "the iteration to end")
+    assert log.end is None and [p.data for p in log.publications] == ["before"]
+    client.reconnect()
+    await until(lambda: len(other.subscribed) == 2, "the other channel resumed")
+    assert len(log.subscribed) == 1 and client.subscription(channel) is None

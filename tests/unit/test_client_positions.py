@@ -22,6 +22,7 @@ from broker_adapters.client import (
     Subscribed,
     SubscribeError,
     SubscriptionFailed,
+    SubscriptionState,
 )
 from broker_adapters.client_positions import Positions, Since, moves_position, starting_position
 
@@ -250,3 +251,25 @@ def test_options_are_checked_at_once() -> None:
         Client("http://h", token="t", ticket="k")
     with pytest.raises(ValueError):
         Client("http://h", heartbeat=0)
+
+
+async def test_a_server_unsubscribe_ends_the_subscription_after_what_it_received(client: Client, store: dict[str, str]) -> None:
+    sub = client.subscribe("news")
+    sub.pending_rid = 1
+    deliver(client, "news", {"type": "subscribed", "id": "e-0", "rid": 1}, {"type": "event", "id": "e-1", "data": 1})
+    deliver(client, "news", {"type": "unsubscribed", "reason": "server"})
+    assert client.subscription("news") is None, "never subscribed again on its own (docs/protocol.md)"
+    assert [i.id for i in await take(sub, 2)] == ["e-1"]  # type: ignore[attr-defined]
+    assert store == {"fanline:news": "e-1"}, "the position stays where the application left it"
+
+
+@pytest.mark.parametrize("code", ["broker_unavailable", "backend_unavailable"])
+async def test_a_subscribe_the_node_cannot_serve_yet_is_retried(client: Client, code: str) -> None:
+    errors: list[SubscribeError] = []
+    sub = client.subscribe("news", on_error=errors.append)
+    sub.pending_rid = 1
+    client._pending[1] = "news"
+    client._message({"type": "error", "code": code, "message": "later", "channel": "news", "rid": 1})
+    (error,) = errors
+    assert error.code == code and error.retry_in is not None and 0 <= error.retry_in <= 0.5
+    assert client.subscription("news") is sub and sub.state is SubscriptionState.SUBSCRIBING
