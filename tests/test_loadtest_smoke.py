@@ -28,7 +28,7 @@ from .processes import ROOT
 # every other test that runs an event loop in a thread.  The runs are
 # subprocesses.
 needs_locust = pytest.mark.skipif(
-    importlib.util.find_spec("locust") is None or importlib.util.find_spec("websocket") is None,
+    importlib.util.find_spec("locust") is None,
     reason="needs the loadtest extra: pip install -e '.[loadtest]'",
 )
 
