@@ -254,8 +254,10 @@ class Client:
     async def close(self) -> None:
         """Stop everything: the connection (closed with 1000), every task and timer, the subscriptions.
 
-        Subscriptions end their iteration at once; requests waiting fail with
-        ``closed``.  Positions in the store stay where the application left them.
+        Subscriptions end their iteration at once; requests waiting for a
+        connection raise :class:`ClientClosed`, those already sent
+        ``RequestFailed("disconnected")``.  Positions in the store stay where
+        the application left them.
         """
         if self.state is State.CLOSED:
             return

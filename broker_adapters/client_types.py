@@ -222,7 +222,7 @@ class RequestFailed(ClientFailure):
     """A publish, ping or refresh failed.
 
     ``code`` is the node's error code (``publish_forbidden``, ``broker_unavailable``, ...)
-    or one of ``timeout``, ``disconnected`` and ``closed``.  A publish that failed with
+    or one of ``timeout`` and ``disconnected`` (the connection ended before the reply).  A publish that failed with
     ``timeout``, ``disconnected`` or ``broker_unavailable`` may or may not have happened.
     """
 
