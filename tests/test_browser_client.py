@@ -15,6 +15,7 @@ On a failure, screenshots of the pages go to build/browser-failures/.
 from __future__ import annotations
 
 import bisect
+import http.client
 import json
 import re
 import threading
@@ -142,7 +143,8 @@ class Publisher:
                     continue
                 self.ambiguous += 1
                 return
-            except (urllib.error.URLError, OSError) as exc:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                # (A node killed in the middle of its answer: IncompleteRead, an HTTPException.)
                 if isinstance(getattr(exc, "reason", None), ConnectionRefusedError):
                     continue  # the node is down: nothing was published, try the other one
                 self.ambiguous += 1
