@@ -328,6 +328,10 @@ class KafkaBroker(Broker):
         async with reader.lock:
             log_start, end = await reader.bounds(tp)
             index = await self._index(reader, tp, layout.stream(partition), log_start, end)
+            if index.scanned_to < end and self._next.get(partition, 0) > index.scanned_to:
+                # Live delivery is past what this read could fetch: an answer
+                # from the shorter log would miss a record already delivered.
+                raise BrokerUnavailable("kafka history is behind live delivery; try again")
             last = index.last.get(channel)
             if last is None:
                 # No record of this key in [base, end): any position in that
@@ -366,7 +370,8 @@ class KafkaBroker(Broker):
                 if record.key is not None:
                     index.see(record.key.decode("utf-8", errors="replace"), int(record.offset))
 
-            await reader.scan(tp, index.scanned_to, end, visit)
+            # The index knows only what the scan reached, not what ListOffsets counted.
+            end = await reader.scan(tp, index.scanned_to, end, visit)
             self._indexes.scanned(tp.partition, index, end)
         return index
 
