@@ -60,6 +60,7 @@ class Entry:
     since: str | None = None  # subscribed: the since the client sent
     replayed: int | None = None  # subscribed: how many missed events it announced
     reason: str | None = None  # reset: the reason
+    node: str | None = None  # subscribed: which node answered (for reading a report, not for the checks)
 
 
 @dataclass(frozen=True, slots=True)

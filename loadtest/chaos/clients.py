@@ -122,6 +122,7 @@ class Client:
         self.attempt = 0
         self.hint: float | None = None
         self.pause_requested: float | None = None  # set by the fault schedule
+        self.current_node: str | None = None  # for reports: the node the current connection went to
 
     def log(self, channel: str, entry: Entry) -> None:
         self.logs[channel].entries.append(entry)
@@ -136,7 +137,9 @@ class Client:
         return self.rng.choices(kinds, weights=[self.death_weights[k] for k in kinds])[0]
 
     def pick_node(self) -> tuple[str, int]:
-        return self.rng.choice(list(self.env.nodes()))
+        host, port = self.rng.choice(list(self.env.nodes()))
+        self.current_node = f"port {port}"
+        return host, port
 
     async def wait(self, seconds: float) -> None:
         try:
@@ -274,7 +277,7 @@ class WSClient(Client):
                         recovered = message.get("recovered")
                         self.log(channel, Entry(
                             Kind.SUBSCRIBED, id=message["id"], recovered=recovered, since=sent_since.get(channel),
-                            replayed=message.get("replayed"),
+                            replayed=message.get("replayed"), node=self.current_node,
                         ))
                         self.stored[channel] = message["id"]
                         retry_attempts.pop(channel, None)
@@ -443,7 +446,8 @@ class SSEClient(Client):
                 recovered = facts.get("recovered")
                 part = self._part(channel)
                 self.log(channel, Entry(
-                    Kind.SUBSCRIBED, id=part, recovered=recovered, since=sent[index], replayed=facts.get("replayed")
+                    Kind.SUBSCRIBED, id=part, recovered=recovered, since=sent[index], replayed=facts.get("replayed"),
+                    node=self.current_node,
                 ))
                 self.stored[channel] = part
                 if death is Death.MID_REPLAY and recovered and facts.get("replayed", 0) >= 2:

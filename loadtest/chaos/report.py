@@ -114,7 +114,8 @@ def write_evidence(
             if (log.client, log.channel) in flagged:
                 entries = [
                     {k: v for k, v in (("kind", e.kind.value), ("id", e.id), ("seq", e.seq), ("recovered", e.recovered),
-                                       ("since", e.since), ("replayed", e.replayed), ("reason", e.reason)) if v is not None}
+                                       ("since", e.since), ("replayed", e.replayed), ("reason", e.reason), ("node", e.node))
+                                      if v is not None}
                     for e in log.entries
                 ]
                 out.write(json.dumps({"client": log.client, "transport": log.transport, "channel": log.channel,
