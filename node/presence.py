@@ -67,12 +67,15 @@ def parse_namespaces(text: str) -> tuple[frozenset[str], bool]:
 class Relay:
     """The node's one subscription to a channel's join/leave events; passes them to the presence."""
 
-    __slots__ = ("presence", "channel", "subscription")
+    __slots__ = ("presence", "channel", "subscription", "settled")
 
     def __init__(self, presence: Presence, channel: str) -> None:
         self.presence = presence
         self.channel = channel
         self.subscription: Subscription | None = None
+        # Set once the subscription is live (or failed): a listener waits for
+        # it, so the events after its ``subscribed`` reply reach it.
+        self.settled = asyncio.Event()
 
     def push(self, subscription: Subscription, delivery: Delivery) -> None:
         self.presence.relay(self.channel, delivery.publication.data)
@@ -296,6 +299,32 @@ class Presence:
             # At most once, as documented: a lost join or leave is not retried.
             self.node.log_throttled(log, "join/leave event not published", error=str(exc))
 
+    async def listen(self, connection: Connection, channel: str) -> None:
+        """Relay ``channel``'s join/leave events to ``connection``.
+
+        Returns once the node's relay subscription is live, so that every
+        join or leave published after this returns reaches the connection
+        (at most once: a relay that failed to subscribe is logged, not raised).
+        Does nothing for a channel without presence or events.
+        """
+        if self.store is None or not self.enabled(channel) or not self.node.settings.presence_join_leave:
+            return
+        self._listen(connection, channel)
+        relay = self._relays.get(channel)
+        if relay is not None:
+            await relay.settled.wait()
+
+    def relay_ready(self, channel: str) -> bool:
+        """Would :meth:`listen` return at once (no relay needed, or it is live)?"""
+        if self.store is None or not self.enabled(channel) or not self.node.settings.presence_join_leave:
+            return True
+        relay = self._relays.get(channel)
+        return relay is not None and relay.settled.is_set()
+
+    def unlisten(self, connection: Connection, channel: str) -> None:
+        """Undo :meth:`listen` for a subscribe that failed."""
+        self._unlisten(connection, channel)
+
     def _listen(self, connection: Connection, channel: str) -> None:
         listeners = self._listeners.setdefault(channel, {})
         listeners[connection] = None
@@ -324,6 +353,8 @@ class Presence:
             if self._relays.get(relay.channel) is relay:
                 del self._relays[relay.channel]
             return
+        finally:
+            relay.settled.set()
         hub.start_delivery(subscribed)
         if self._relays.get(relay.channel) is relay:
             relay.subscription = subscribed.subscription

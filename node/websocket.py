@@ -224,7 +224,11 @@ class WebSocketConnection(Connection):
             self.send(protocol.pong_frame(parsed.rid).encode())
         elif isinstance(parsed, protocol.Unsubscribe):
             self.unsubscribe(parsed)
-        elif isinstance(parsed, protocol.Subscribe) and not self.node.gate.has(Hook.SUBSCRIBE):
+        elif (
+            isinstance(parsed, protocol.Subscribe)
+            and not self.node.gate.has(Hook.SUBSCRIBE)
+            and (not parsed.join_leave or self.node.presence.relay_ready(parsed.channel))
+        ):
             # Most subscribes need no I/O (a live channel, a resume inside the
             # node's recent window): answered here, with no task at all.
             try:
@@ -369,11 +373,15 @@ class WebSocketConnection(Connection):
         if not message.server:
             assert self.identity is not None
             await node.gate.subscribe(self.identity, message.channel, client_id(node.name, self))
+        if message.join_leave:
+            # Before the reply: the joins after ``subscribed`` must reach it.
+            await node.presence.listen(self, message.channel)
         subscribed = node.hub.subscribe_now(self, message.channel, message.since)
         if subscribed is None:
             try:
                 subscribed = await node.hub.subscribe(self, message.channel, message.since)
             except BrokerError as exc:
+                node.presence.unlisten(self, message.channel)
                 raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}") from None
         self.subscribed(subscribed, message)
 
