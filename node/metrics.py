@@ -267,7 +267,7 @@ class Metrics:
             ("command", "acted"),
         )
         self.hook_calls = Counter(
-            p + "hook_calls_total", "Backend hook calls by hook and outcome (allow, deny, error, timeout, busy).",
+            p + "hook_calls_total", "Backend hook calls by hook and outcome (allow, deny, error, timeout).",
             ("hook", "outcome"),
         )
         self.hook_seconds = Histogram(
