@@ -190,7 +190,9 @@ def api_routes(node: Node, guarded: Callable[[Handler], Any], read_json: ReadJSO
     async def disconnect(node: Node, request: Request) -> Response:
         body = await read_json(node, request)
         user = _user(body)
-        code = _field(body, "code", int, required=False) or DEFAULT_DISCONNECT_CODE
+        code = _field(body, "code", int, required=False)
+        # Only a missing code takes the default: 0 is out of range, not "none".
+        code = DEFAULT_DISCONNECT_CODE if code is None else code
         if not 4000 <= code <= 4999:
             raise ClientError(ErrorCode.INVALID_MESSAGE, "code must be 4000 to 4999")
         reason = _field(body, "reason", str, required=False) or "disconnected"
