@@ -13,6 +13,7 @@ published stores nothing (broker_adapters/empty.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -152,19 +153,11 @@ class RedisBroker(Broker):
         ]
         keys = ChannelKeys(self.options.prefix, channel).script_keys
         with REDIS.unavailable("history read"):
-            epoch, top, complete, entries = await self._history_script(keys=keys, args=args)
-        epoch_text = _text(epoch)
-        if int(top) == 0:
+            reply = await self._history_script(keys=keys, args=args)
+        history = history_from_reply(channel, since, limit, reply)
+        if history.top.offset == 0:
             self.stats.empty_reads += 1
-        publications = [
-            stored_publication(channel, epoch_text, offset, data, event, time_ms)
-            for offset, time_ms, event, data in unpack_entries(entries, max(limit, 0))
-        ]
-        return History(
-            top=Position(epoch_text, int(top)),
-            publications=publications,
-            complete=since is None or bool(int(complete)),
-        )
+        return history
 
     async def subscribe(self, channel: str) -> None:
         live = self._live
@@ -193,6 +186,20 @@ class RedisBroker(Broker):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def history_from_reply(channel: str, since: int | None, limit: int, reply: list[Any]) -> History:
+    """The history script's reply (epoch, top, complete, packed entries), one Redis or a cluster's shard."""
+    epoch, top, complete, entries = reply
+    epoch_text = _text(epoch)
+    return History(
+        top=Position(epoch_text, int(top)),
+        publications=[
+            stored_publication(channel, epoch_text, offset, data, event, time_ms)
+            for offset, time_ms, event, data in unpack_entries(entries, max(limit, 0))
+        ],
+        complete=since is None or bool(int(complete)),
+    )
 
 
 def from_url(url: str) -> RedisBroker:

@@ -34,13 +34,12 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from .base import Broker, BrokerListener, BrokerUnavailable
-from .foreign import stored_publication
 from .options import parse_options
-from .redis import RedisOptions, _text
-from .redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, ChannelKeys, new_generation, unpack_entries
+from .redis import RedisOptions, _text, history_from_reply
+from .redis_scripts import HISTORY_SCRIPT, PUBLISH_SCRIPT, ChannelKeys, new_generation
 from .redis_shards import REDIS_CLUSTER, ConnectionSettings, ShardedLive
 from .redis_slots import generation_key, split_address
-from .types import History, Position, Publication
+from .types import History, Publication
 
 _CLUSTER = "cluster"
 
@@ -153,19 +152,11 @@ class RedisClusterBroker(Broker):
             self._meta_ms,
             _CLUSTER,
         ]
-        epoch, top, complete, entries = await self._script(HISTORY_SCRIPT, self._keys(channel), args, "history read")
-        epoch_text = _text(epoch)
-        if int(top) == 0:
+        reply = await self._script(HISTORY_SCRIPT, self._keys(channel), args, "history read")
+        history = history_from_reply(channel, since, limit, reply)
+        if history.top.offset == 0:
             self.stats.empty_reads += 1
-        publications = [
-            stored_publication(channel, epoch_text, offset, data, event, time_ms)
-            for offset, time_ms, event, data in unpack_entries(entries, max(limit, 0))
-        ]
-        return History(
-            top=Position(epoch_text, int(top)),
-            publications=publications,
-            complete=since is None or bool(int(complete)),
-        )
+        return history
 
     async def subscribe(self, channel: str) -> None:
         live = self._live

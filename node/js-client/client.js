@@ -490,7 +490,8 @@ export class Fanline extends Emitter {
             if (code == "already_subscribed")
                 return;
             let retryIn;
-            if (code == "broker_unavailable") {
+            // Both are passing: the broker, or the subscribe hook's backend (hooks.md).
+            if (code == "broker_unavailable" || code == "backend_unavailable") {
                 const gen = this.#gen;
                 retryIn = backoff(sub.tries++, ...SUBSCRIBE_RETRY);
                 sub.timer = setTimeout(() => gen == this.#gen && this.#subscribe(sub), retryIn);
