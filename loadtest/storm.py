@@ -19,10 +19,11 @@ import asyncio
 import base64
 import json
 import os
+import random
 import re
 import signal
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,8 @@ from .local import LocalNode
 
 EVENT = re.compile(rb'"type":"event","channel":"([^"]+)","id":"([^"]+)"')
 SUBSCRIBED = re.compile(rb'"type":"subscribed","channel":"([^"]+)","id":"[^"]+"(,"recovered":(true|false))?')
+CODE = re.compile(rb'"code": *"([a-z_]+)"')
+RETRY_AFTER = re.compile(rb"(?i)\r\nretry-after: *([0-9.]+)")
 RESET = re.compile(rb'"type":"reset","channel":"([^"]+)","id":"([^"]+)"')
 
 
@@ -42,6 +45,14 @@ class Storm:
     resets: int = 0
     not_recovered: int = 0
     last_resumed_at: float = 0.0
+    # Close codes the nodes sent (4008: slow consumer, ...), and reconnects.
+    closes: Counter[int] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+    reconnects: int = 0
+    # The moved clients (by their shared position map) with every channel resumed.
+    resumed: set[int] = field(default_factory=set)
+    moving: int = 0
+    all_resumed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class StormClient(asyncio.Protocol):
@@ -60,6 +71,7 @@ class StormClient(asyncio.Protocol):
         self.open = False
         self.moved = False
         self.answered = 0
+        self.retry_after = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -84,6 +96,18 @@ class StormClient(asyncio.Protocol):
         if not self.open:
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
+                return
+            head = bytes(buffer[:end])
+            if not head.startswith(b"HTTP/1.1 101"):
+                # Refused (503 too_many_pending while a node is swamped): come
+                # back after Retry-After, as the official clients do.
+                code = CODE.search(buffer)
+                why = code.group(1).decode() if code else ""
+                self.storm.refused[f"{head[9:12].decode(errors='replace')} {why}".strip()] += 1
+                found = RETRY_AFTER.search(head)
+                self.retry_after = float(found.group(1)) if found else 0.0
+                assert self.transport is not None
+                self.transport.close()
                 return
             del buffer[: end + 4]
             self.open = True
@@ -114,6 +138,7 @@ class StormClient(asyncio.Protocol):
             if opcode == 1:
                 self.frame(payload)
             elif opcode == 8 and self.transport is not None:
+                self.storm.closes[int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005] += 1
                 self.transport.close()
 
     def frame(self, payload: bytes) -> None:
@@ -131,8 +156,11 @@ class StormClient(asyncio.Protocol):
             self.storm.resets += 1
             self.last[channel.decode()] = event_id.decode()
         if self.answered >= len(self.channels) and not self.done.done():
-            if self.moved:
+            if self.moved and id(self.last) not in self.storm.resumed:
+                self.storm.resumed.add(id(self.last))
                 self.storm.last_resumed_at = time.perf_counter()
+                if len(self.storm.resumed) >= self.storm.moving:
+                    self.storm.all_resumed.set()
             self.done.set_result(None)
 
 
@@ -160,7 +188,8 @@ async def connect(client: Client, storm: Storm, port: int, *, moved: bool = Fals
 async def run(
     redis_url: str,
     *,
-    clients: int,
+    moved: int,
+    staying: int,
     channels_per_client: int,
     channels: int,
     rate: float,
@@ -168,13 +197,19 @@ async def run(
     flags: list[str],
     cpu: int | None,
 ) -> dict[str, Any]:
-    """The storm, with ``clients`` WebSocket clients over 3 nodes; returns the figures."""
+    """The storm: ``moved`` clients on the node that dies, ``staying`` on each survivor; returns the figures.
+
+    Every client behaves as a real one does: whatever ends its connection
+    (the kill, or a node closing it), it connects again at once and resumes
+    every channel; a client of the dead node goes to a survivor.
+    """
     from broker_adapters.publisher import Publisher
 
     names = [f"storm:{i}" for i in range(channels)]
+    homes = [0] * moved + [1 + i % 2 for i in range(2 * staying)]
     population = [
-        Client([names[(i * channels_per_client + k) % channels] for k in range(channels_per_client)], i % 3)
-        for i in range(clients)
+        Client([names[(i * channels_per_client + k) % channels] for k in range(channels_per_client)], home)
+        for i, home in enumerate(homes)
     ]
     storm = Storm()
     nodes = [LocalNode(redis_url, flags, cpu=cpu) for _ in range(3)]
@@ -182,56 +217,95 @@ async def run(
         node.start(timeout=40)
     published: dict[str, list[str]] = defaultdict(list)
     stop = asyncio.Event()
-    try:
-        gate = asyncio.Semaphore(200)
+    dead: set[int] = set()
+    gate = asyncio.Semaphore(200)
+    first_connects: list[asyncio.Future[None]] = []
+    spread = 0
 
-        async def first(client: Client) -> None:
-            async with gate:
-                await connect(client, storm, nodes[client.node].port)
-
-        async with asyncio.timeout(120):
-            await asyncio.gather(*(first(c) for c in population))
-
-        async def publisher() -> None:
-            async with Publisher(redis_url) as pub:
-                i = 0
-                started = time.perf_counter()
-                while not stop.is_set():
-                    delay = started + i / rate - time.perf_counter()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    channel = names[i % channels]
-                    position = await pub.publish(channel, {"i": i})
-                    published[channel].append(position.event_id)
-                    i += 1
-
-        publishing = asyncio.create_task(publisher())
-        await asyncio.sleep(settle)
-        victims = [c for c in population if c.node == 0]
-        killed_at = time.perf_counter()
-        assert nodes[0].proc is not None
-        nodes[0].proc.send_signal(signal.SIGKILL)
-        moved = 0
-
-        async def move(client: Client) -> None:
-            nonlocal moved
+    async def keep_connected(client: Client, connected: asyncio.Future[None]) -> None:
+        nonlocal spread
+        first = True
+        attempt = 0
+        while not stop.is_set():
+            if not first:
+                # The official clients' reconnect: a hint (Retry-After) plus a
+                # full-jitter backoff from 0.5 s, doubling to 30 s.
+                hint = client.protocol.retry_after if client.protocol is not None else 0.0
+                await asyncio.sleep(hint + random.uniform(0, min(30.0, 0.5 * 2**attempt)))
+                attempt += 1
+            node = client.node
+            if node in dead:
+                node = 1 + spread % 2
+                spread += 1
+            try:
+                if not connected.done():
+                    async with gate:
+                        await connect(client, storm, nodes[node].port)
+                    first = False
+                    connected.set_result(None)
+                else:
+                    storm.reconnects += 1
+                    await connect(client, storm, nodes[node].port, moved=client.node in dead)
+            except (OSError, ConnectionError):
+                first = False  # refused, or the node died under this connect: the next one
+                continue
+            attempt = 0
             assert client.protocol is not None
             await client.protocol.ended
-            # Straight back, as every client of a dead node does: the storm.
-            target = nodes[1 + (moved % 2)]
-            moved += 1
-            await connect(client, storm, target.port, moved=True)
 
-        async with asyncio.timeout(120):
-            await asyncio.gather(*(move(c) for c in victims))
-        resumed_seconds = storm.last_resumed_at - killed_at
-        await asyncio.sleep(settle)
-        stop.set()
-        await publishing
-        await _until_delivered(population, published)
-        return _verdict(population, published, storm, victims, resumed_seconds)
+    def close_all() -> None:
+        for client in population:
+            if client.protocol is not None and client.protocol.transport is not None:
+                client.protocol.transport.abort()
+
+    async def publisher() -> None:
+        async with Publisher(redis_url) as pub:
+            i = 0
+            started = time.perf_counter()
+            while not stop.is_set():
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                channel = names[i % channels]
+                position = await pub.publish(channel, {"i": i})
+                published[channel].append(position.event_id)
+                i += 1
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for client in population:
+                future = asyncio.get_running_loop().create_future()
+                first_connects.append(future)
+                tasks.create_task(keep_connected(client, future))
+            try:
+                async with asyncio.timeout(180):
+                    await asyncio.gather(*first_connects)
+                publishing = tasks.create_task(publisher())
+                await asyncio.sleep(settle)
+                victims = [c for c in population if c.node == 0]
+                killed_at = time.perf_counter()
+                assert nodes[0].proc is not None
+                storm.moving = len(victims)
+                cpu_before = sum(nodes[i].cpu_seconds() for i in (1, 2))
+                dead.add(0)
+                nodes[0].proc.send_signal(signal.SIGKILL)
+                async with asyncio.timeout(180):
+                    await storm.all_resumed.wait()
+                resumed_seconds = storm.last_resumed_at - killed_at
+                # What the storm cost the survivors (their live traffic included).
+                storm_cpu = sum(nodes[i].cpu_seconds() for i in (1, 2)) - cpu_before
+                await asyncio.sleep(settle)
+                stop.set()
+                await publishing
+                await _until_delivered(population, published)
+            finally:
+                stop.set()
+                close_all()
+        figures = _verdict(population, published, storm, victims, resumed_seconds)
+        figures["survivors_cpu_seconds"] = storm_cpu
+        figures["node_ms_per_moved_client"] = 1000 * storm_cpu / max(len(victims), 1)
+        return figures
     finally:
-        stop.set()
         for node in nodes:
             node.stop()
 
@@ -285,6 +359,9 @@ def _verdict(
         "moved_subscribes": storm.moved_subscribed,
         "not_recovered": storm.not_recovered,
         "resets": storm.resets,
+        "closes": {str(code): count for code, count in sorted(storm.closes.items())},
+        "reconnects": storm.reconnects,
+        "refused": dict(storm.refused),
         "deliveries_checked": checked,
         "lost": lost,
         "duplicated": duplicated,

@@ -142,8 +142,11 @@ class Settings:
         "Established client connections per node (WebSockets and SSE streams with a proven identity); "
         "more are refused with 503 too_many_connections.",
     )
+    # 4000, not fewer: a dead node's clients all arrive at once (the storm in
+    # `make bench`: 10,000 clients to 2 nodes), and a refused one comes back
+    # seconds later. A pending socket costs a few KiB, at most max_request_head.
     max_pending: int = _setting(
-        1000,
+        4000,
         "Sockets per port still in their handshake (request head, credential check, a WebSocket awaiting "
         "its auth frame), or plain HTTP connections; more are refused at once with 503 too_many_pending. "
         "Counted apart from max_connections, so they can never take served clients' slots.",
