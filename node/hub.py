@@ -42,7 +42,16 @@ from broker_adapters.tasks import TaskSet
 from broker_adapters.types import RESERVED_CHANNEL_PREFIX, History, Position, Publication
 
 from .metrics import Metrics
-from .resume import MergeGap, Reset, ResetReason, ResumePlan, plan_repair, plan_subscribe, replay_from_recent
+from .resume import (
+    MergeGap,
+    Reset,
+    ResetReason,
+    ResumePlan,
+    history_is_behind,
+    plan_repair,
+    plan_subscribe,
+    replay_from_recent,
+)
 
 log = logging.getLogger("fanline.hub")
 
@@ -277,10 +286,13 @@ class Hub:
         # now on is either held or in the history we read.
         state.subscribers[subscription] = None
         self._count(subscription, 1)
+        # What this node fanned out before the registration: the read must
+        # reach at least that far, or it misses what is neither held nor read.
+        fanned_out = state.last
         try:
             assert state.ready is not None
             await asyncio.shield(state.ready)
-            subscribed = await self._read_and_plan(state, subscription, since)
+            subscribed = await self._read_and_plan(state, subscription, since, fanned_out)
         except BaseException:
             self._remove(state, subscription)
             raise
@@ -292,13 +304,27 @@ class Hub:
         return subscribed
 
     async def _read_and_plan(
-        self, state: ChannelState, subscription: Subscription, since: Position | None
+        self, state: ChannelState, subscription: Subscription, since: Position | None, fanned_out: Position | None
     ) -> Subscribed:
-        for _ in range(_READ_ATTEMPTS):
+        for attempt in range(_READ_ATTEMPTS):
             generation = state.generation
             history = await self._read(state.name, None if since is None else since.offset)
             if state.generation != generation:
                 continue  # live delivery skipped something during the read
+            # The broker may answer from a log shorter than what it already
+            # delivered live (Tansu's offsets can lag its fetches): the
+            # publications in between would be neither read nor held.  A
+            # client ahead of the read may have seen the same: read again
+            # before telling it position_ahead, which the last read decides.
+            ahead = since is not None and history_is_behind(history.top, since)
+            if history_is_behind(history.top, fanned_out) or (ahead and attempt < _READ_ATTEMPTS - 1):
+                self.metrics.resyncs.labels("stale_history").inc()
+                log.info(
+                    "history read behind live delivery; reading again",
+                    extra={"channel": state.name, "top": str(history.top), "delivered": str(fanned_out)},
+                )
+                await asyncio.sleep(0.05 * (attempt + 1))
+                continue
             held = subscription.held or []
             if len(held) > self.pending_limit:
                 raise BrokerError("too many live events arrived while resuming; try again")

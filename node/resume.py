@@ -125,6 +125,17 @@ def unrecoverable(since: Position, history: History, replay_limit: int) -> Reset
     return None
 
 
+def history_is_behind(top: Position, fanned_out: Position | None) -> bool:
+    """Is a history read whose stream top is ``top`` older than what the node fanned out already?
+
+    A subscription is registered before its read, so what arrives after
+    is held; what the node fanned out before must be in the read.  A read
+    that stops short of it would lose the publications in between.  Another
+    epoch says nothing: the stream was recreated, and the read is the newer.
+    """
+    return fanned_out is not None and fanned_out.epoch == top.epoch and top.offset < fanned_out.offset
+
+
 def check_joined(position: Position, steps: Sequence[Step]) -> None:
     """On a stream with consecutive offsets, every publication must follow the one before.
 

@@ -12,6 +12,7 @@ from node.resume import (
     Reset,
     ResetReason,
     follow,
+    history_is_behind,
     plan_repair,
     plan_subscribe,
 )
@@ -220,3 +221,19 @@ def test_an_empty_window_serves_only_its_base() -> None:
 
 def test_the_window_never_replays_past_the_limit() -> None:
     assert replay_from_recent(Position(E, 4), Position(E, 4), [pub(5), pub(6)], replay_limit=1) is None
+
+
+@pytest.mark.parametrize(
+    ("top", "fanned_out", "behind"),
+    [
+        (Position(E, 5), None, False),  # nothing fanned out yet: any read will do
+        (Position(E, 5), Position(E, 5), False),
+        (Position(E, 7), Position(E, 5), False),  # publications since: they are read or held
+        (Position(E, 4), Position(E, 5), True),  # the read misses 5, fanned out before registration
+        (Position("other", 1), Position(E, 5), False),  # a recreated stream: the read is the newer
+    ],
+)
+def test_history_behind_what_was_fanned_out_is_read_again(
+    top: Position, fanned_out: Position | None, behind: bool
+) -> None:
+    assert history_is_behind(top, fanned_out) is behind
