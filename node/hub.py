@@ -67,10 +67,12 @@ class Delivery:
     many connections receive it.
     """
 
-    __slots__ = ("publication", "memo")
+    __slots__ = ("publication", "position", "memo")
 
     def __init__(self, publication: Publication) -> None:
         self.publication = publication
+        # Built once here, not once per subscriber.
+        self.position = publication.position
         self.memo: dict[str, bytes] | None = None
 
     def encoded(self, form: str, build: Callable[[Delivery], bytes]) -> bytes:
@@ -122,7 +124,7 @@ class Subscription:
             self.reset(Position(publication.epoch, publication.offset - 1), ResetReason.EPOCH_CHANGED)
         elif publication.offset <= position.offset:
             return
-        self.position = publication.position
+        self.position = delivery.position
         self.subscriber.push(self, delivery)
 
     def reset(self, position: Position, reason: ResetReason) -> None:
