@@ -386,6 +386,12 @@ async def run_storm(args: argparse.Namespace, results: dict[str, Any], notes: li
     raise_open_files(1 << 20)
     server = server_cls()
     server.start()
+    proc = getattr(server, "proc", None)
+    if proc is not None:
+        # With the nodes, as in the fan-out phases: the client core is the
+        # storm's one client process alone (sharing it with Redis starved the
+        # client, and the nodes timed out its sends).
+        os.sched_setaffinity(proc.pid, {NODE_CPU})
     try:
         figures = await storm(
             server.url(),
@@ -406,7 +412,7 @@ async def run_storm(args: argparse.Namespace, results: dict[str, Any], notes: li
         f" {figures['resumed_seconds']:.2f} s; {figures['deliveries_checked']} deliveries checked,"
         f" lost {figures['lost']}, duplicated {figures['duplicated']}, reordered {figures['reordered']},"
         f" not recovered {figures['not_recovered']}; closes by the nodes {figures['closes']},"
-        f" reconnects {figures['reconnects']}"
+        f" reconnects {figures['reconnects']}, ends {figures['ends']}, refused {figures['refused']}"
     )
 
 

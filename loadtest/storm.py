@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from .fastclient import _mask
+from .fastclient import _control, _mask
 from .local import LocalNode
 
 EVENT = re.compile(rb'"type":"event","channel":"([^"]+)","id":"([^"]+)"')
@@ -35,6 +35,10 @@ SUBSCRIBED = re.compile(rb'"type":"subscribed","channel":"([^"]+)","id":"[^"]+"(
 CODE = re.compile(rb'"code": *"([a-z_]+)"')
 RETRY_AFTER = re.compile(rb"(?i)\r\nretry-after: *([0-9.]+)")
 RESET = re.compile(rb'"type":"reset","channel":"([^"]+)","id":"([^"]+)"')
+
+
+def _pong(payload: bytes) -> bytes:
+    return _control(0xA, payload)
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Storm:
     # Close codes the nodes sent (4008: slow consumer, ...), and reconnects.
     closes: Counter[int] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    # How connections ended: "eof" (the node closed), or the error's type.
+    ends: Counter[str] = field(default_factory=Counter)
     reconnects: int = 0
     # The moved clients (by their shared position map) with every channel resumed.
     resumed: set[int] = field(default_factory=set)
@@ -59,7 +65,7 @@ class StormClient(asyncio.Protocol):
     """One WebSocket client: subscribes to its channels, keeps each channel's last id, resumes with it."""
 
     def __init__(
-        self, storm: Storm, channels: list[str], last: dict[str, str], received: dict[str, list[str]]
+        self, storm: Storm, channels: list[str], last: dict[str, str], received: dict[str, list[str]], moved: bool
     ) -> None:
         self.storm = storm
         self.channels = channels
@@ -69,7 +75,7 @@ class StormClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.open = False
-        self.moved = False
+        self.moved = moved
         self.answered = 0
         self.retry_after = 0.0
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -84,6 +90,8 @@ class StormClient(asyncio.Protocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        how = "eof" if exc is None else type(exc).__name__
+        self.storm.ends[f"{how} {'after' if self.open else 'before'} the 101"] += 1
         if not self.ended.done():
             self.ended.set_result(None)
         if not self.done.done():
@@ -137,6 +145,9 @@ class StormClient(asyncio.Protocol):
             del buffer[: head + length]
             if opcode == 1:
                 self.frame(payload)
+            elif opcode == 9 and self.transport is not None:
+                # A ping: answer it, or the node closes the connection as dead.
+                self.transport.write(_pong(payload))
             elif opcode == 8 and self.transport is not None:
                 self.storm.closes[int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005] += 1
                 self.transport.close()
@@ -177,10 +188,11 @@ class Client:
 
 async def connect(client: Client, storm: Storm, port: int, *, moved: bool = False) -> None:
     loop = asyncio.get_running_loop()
+    # ``moved`` goes in with the protocol: under uvloop the answers can arrive
+    # before create_connection returns here.
     _, protocol = await loop.create_connection(
-        lambda: StormClient(storm, client.channels, client.last, client.received), "127.0.0.1", port
+        lambda: StormClient(storm, client.channels, client.last, client.received, moved), "127.0.0.1", port
     )
-    protocol.moved = moved
     client.protocol = protocol
     await protocol.done
 
@@ -289,8 +301,21 @@ async def run(
                 cpu_before = sum(nodes[i].cpu_seconds() for i in (1, 2))
                 dead.add(0)
                 nodes[0].proc.send_signal(signal.SIGKILL)
-                async with asyncio.timeout(180):
-                    await storm.all_resumed.wait()
+                try:
+                    async with asyncio.timeout(180):
+                        await storm.all_resumed.wait()
+                except TimeoutError:
+                    stuck = Counter(
+                        "no connection" if c.protocol is None
+                        else f"open={c.protocol.open} answered={c.protocol.answered} closing={c.protocol.transport is not None and c.protocol.transport.is_closing()}"
+                        for c in victims if id(c.last) not in storm.resumed
+                    )
+                    raise RuntimeError(
+                        f"stuck: {dict(stuck)}; "
+                        f"storm: {len(storm.resumed)} of {len(victims)} moved clients resumed in 180 s;"
+                        f" ends {dict(storm.ends)}, refused {dict(storm.refused)}, closes {dict(storm.closes)},"
+                        f" reconnects {storm.reconnects}"
+                    ) from None
                 resumed_seconds = storm.last_resumed_at - killed_at
                 # What the storm cost the survivors (their live traffic included).
                 storm_cpu = sum(nodes[i].cpu_seconds() for i in (1, 2)) - cpu_before
@@ -362,6 +387,7 @@ def _verdict(
         "closes": {str(code): count for code, count in sorted(storm.closes.items())},
         "reconnects": storm.reconnects,
         "refused": dict(storm.refused),
+        "ends": dict(storm.ends),
         "deliveries_checked": checked,
         "lost": lost,
         "duplicated": duplicated,
