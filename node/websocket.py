@@ -373,17 +373,25 @@ class WebSocketConnection(Connection):
         if not message.server:
             assert self.identity is not None
             await node.gate.subscribe(self.identity, message.channel, client_id(node.name, self))
-        if message.join_leave:
-            # Before the reply: the joins after ``subscribed`` must reach it.
-            await node.presence.listen(self, message.channel)
-        subscribed = node.hub.subscribe_now(self, message.channel, message.since)
-        if subscribed is None:
-            try:
-                subscribed = await node.hub.subscribe(self, message.channel, message.since)
-            except BrokerError as exc:
-                node.presence.unlisten(self, message.channel)
-                raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}") from None
+        try:
+            if message.join_leave:
+                # Before the reply: the joins after ``subscribed`` must reach it.
+                await node.presence.listen(self, message.channel)
+            subscribed = node.hub.subscribe_now(self, message.channel, message.since)
+            if subscribed is None:
+                try:
+                    subscribed = await node.hub.subscribe(self, message.channel, message.since)
+                except BrokerError as exc:
+                    raise ClientError(ErrorCode.BROKER_UNAVAILABLE, f"cannot subscribe now: {exc}") from None
+        except BaseException:
+            # Failed, or cancelled with the connection: no listener may outlive it.
+            self._stop_listening(message)
+            raise
         self.subscribed(subscribed, message)
+
+    def _stop_listening(self, message: protocol.Subscribe) -> None:
+        if message.join_leave and message.channel not in (self.subscriptions or {}):
+            self.node.presence.unlisten(self, message.channel)
 
     def subscribed(self, subscribed: Subscribed, message: protocol.Subscribe) -> None:
         """Reply to a subscribe that succeeded, then let its events flow."""
@@ -391,6 +399,7 @@ class WebSocketConnection(Connection):
         channel = message.channel
         if self.closing is not None or self._released:
             node.hub.unsubscribe(subscribed.subscription)
+            self._stop_listening(message)
             return
         if self.subscriptions is None:
             self.subscriptions = {}
