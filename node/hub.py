@@ -48,6 +48,7 @@ from .resume import (
     ResetReason,
     ResumePlan,
     history_is_behind,
+    history_up_to,
     plan_repair,
     plan_subscribe,
     replay_from_recent,
@@ -319,7 +320,8 @@ class Hub:
             # client ahead of the read may have seen the same: read again
             # before telling it position_ahead, which the last read decides.
             ahead = since is not None and history_is_behind(history.top, since)
-            if history_is_behind(history.top, fanned_out) or (ahead and attempt < _READ_ATTEMPTS - 1):
+            behind = history_is_behind(history.top, fanned_out)
+            if (behind or ahead) and attempt < _READ_ATTEMPTS - 1:
                 self.metrics.resyncs.labels("stale_history").inc()
                 log.info(
                     "history read behind live delivery; reading again",
@@ -327,6 +329,16 @@ class Hub:
                 )
                 await asyncio.sleep(0.05 * (attempt + 1))
                 continue
+            if behind:
+                # Still behind after every read (a broker that lost its tail
+                # in the same epoch stays so): never answer from it, and never
+                # refuse forever either.
+                assert fanned_out is not None
+                log.warning(
+                    "history stays behind live delivery; answering from the node's own position",
+                    extra={"channel": state.name, "top": str(history.top), "delivered": str(fanned_out)},
+                )
+                history = history_up_to(history, fanned_out)
             held = subscription.held or []
             if len(held) > self.pending_limit:
                 raise BrokerError("too many live events arrived while resuming; try again")

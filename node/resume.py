@@ -136,6 +136,16 @@ def history_is_behind(top: Position, fanned_out: Position | None) -> bool:
     return fanned_out is not None and fanned_out.epoch == top.epoch and top.offset < fanned_out.offset
 
 
+def history_up_to(history: History, fanned_out: Position) -> History:
+    """A read still behind what the node fanned out, as an answer that cannot mislead.
+
+    The node's own last position becomes the top, and the read counts as
+    incomplete: a fresh subscribe starts where the node's live delivery is,
+    and a resume that the read cannot join gets a reset instead of a gap.
+    """
+    return History(top=fanned_out, publications=history.publications, complete=False)
+
+
 def check_joined(position: Position, steps: Sequence[Step]) -> None:
     """On a stream with consecutive offsets, every publication must follow the one before.
 

@@ -13,6 +13,7 @@ from node.resume import (
     ResetReason,
     follow,
     history_is_behind,
+    history_up_to,
     plan_repair,
     plan_subscribe,
 )
@@ -237,3 +238,13 @@ def test_history_behind_what_was_fanned_out_is_read_again(
     top: Position, fanned_out: Position | None, behind: bool
 ) -> None:
     assert history_is_behind(top, fanned_out) is behind
+
+
+def test_a_history_that_stays_behind_starts_fresh_subscribes_at_the_node_and_resets_resumes() -> None:
+    stale = History(top=Position(E, 4), publications=[pub(4)], complete=True)
+    answer = history_up_to(stale, Position(E, 6))
+    fresh = plan_subscribe(None, answer, [pub(7)], replay_limit=100)
+    assert fresh.start == Position(E, 6) and offsets(fresh.steps) == [7]
+    resumed = plan_subscribe(Position(E, 3), answer, [pub(7)], replay_limit=100)
+    assert resumed.recovered is False
+    assert offsets(resumed.steps) == [("reset", "history_trimmed", 6), 7]
