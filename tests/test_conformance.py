@@ -196,7 +196,14 @@ async def test_never_published_channels_leave_nothing_on_the_broker(server: Any,
     channels = [f"{name}.never{i}" for i in range(1000)]
     for start in range(0, len(channels), 100):
         await asyncio.gather(*(touch(c, i % 10 == 0) for i, c in enumerate(channels[start : start + 100])))
-    assert await _held(server, broker) - before == set()
+    # NATS's /subsz monitor may count a just-unsubscribed subscription for a
+    # moment (seen once in three clean runs): what is held must be gone soon.
+    for _ in range(50):
+        left = await _held(server, broker) - before
+        if not left:
+            break
+        await asyncio.sleep(0.2)
+    assert left == set()
     assert broker.stats.streams_created == 0 and broker.stats.empty_reads >= 1100
 
 
