@@ -326,7 +326,8 @@ class KafkaBroker(Broker):
         epoch = layout.epoch(channel)
         tp = TopicPartition(self.options.topic, partition)
         async with reader.lock:
-            log_start, end = await reader.bounds(tp)
+            log_start, listed_end = await reader.bounds(tp)
+            end = self._indexes.read_end(partition, layout.stream(partition), listed_end)
             index = await self._index(reader, tp, layout.stream(partition), log_start, end)
             if index.scanned_to < end and self._next.get(partition, 0) > index.scanned_to:
                 # Live delivery is past what this read could fetch: an answer
@@ -504,6 +505,7 @@ class KafkaBroker(Broker):
                 # A record may still appear there (see kafka_holes): stop
                 # before the hole and fetch again from it.
                 self._next[partition] = expected
+                self._indexes.live_reached(partition, layout.stream(partition), expected)
                 return expected
             holes.filled(partition, expected)
             channel = None if record.key is None else record.key.decode("utf-8", errors="replace")
@@ -513,6 +515,7 @@ class KafkaBroker(Broker):
             if channel is not None and channel in self._channels:
                 self._listener.on_publication(record_publication(record, layout.epoch(channel), channel))
         self._next[partition] = expected
+        self._indexes.live_reached(partition, layout.stream(partition), expected)
         return None
 
     async def _watch(self) -> None:

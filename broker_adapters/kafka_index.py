@@ -55,9 +55,30 @@ class KeyIndexes:
         self.scan_limit = scan_limit
         self.max_keys = max_keys
         self._by_partition: dict[int, KeyIndex] = {}
+        self._live_reached: dict[int, tuple[str, int]] = {}
 
     def clear(self) -> None:
         self._by_partition.clear()
+        self._live_reached.clear()
+
+    def live_reached(self, partition: int, stream: str, offset: int) -> None:
+        """The live consumer fetched every record of ``stream`` before ``offset``."""
+        self._live_reached[partition] = (stream, offset)
+
+    def read_end(self, partition: int, stream: str, listed_end: int) -> int:
+        """Where a history read of ``stream`` must reach: ListOffsets' end, or further if live delivery did.
+
+        Tansu's ListOffsets can lag what its fetches already served.  A read
+        that stopped at the listed end would miss records the node has
+        already delivered live (or, on a channel new to the node, passed
+        over before anyone subscribed), and its top would be stale: a client
+        reset to it would then go on live after the records in between
+        (issue 10).  Those records can be fetched, so the read goes on to them.
+        """
+        reached = self._live_reached.get(partition)
+        if reached is None or reached[0] != stream:
+            return listed_end
+        return max(listed_end, reached[1])
 
     def valid(self, partition: int, stream: str) -> KeyIndex | None:
         """The partition's index if it belongs to ``stream``."""

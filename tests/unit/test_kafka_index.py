@@ -51,6 +51,23 @@ def test_indexes_are_rebuilt_when_stale_and_dropped_when_too_large() -> None:
     assert indexes.valid(0, "s") is None
 
 
+def test_a_read_reaches_as_far_as_live_delivery_did_in_the_same_incarnation() -> None:
+    indexes = KeyIndexes(scan_limit=100, max_keys=10)
+    assert indexes.read_end(0, "s", listed_end=50) == 50  # nothing delivered live yet
+    indexes.live_reached(0, "s", 60)  # fetched up to 59 while ListOffsets still says 50
+    assert indexes.read_end(0, "s", listed_end=50) == 60
+    assert indexes.read_end(0, "s", listed_end=70) == 70
+    assert indexes.read_end(0, "t", listed_end=5) == 5  # another incarnation: its own log
+    assert indexes.read_end(1, "s", listed_end=5) == 5
+    index = indexes.for_read(0, "s", 0, 50)
+    indexes.scanned(0, index, 50)
+    index.follow("a", 59, expected=50)  # live delivery extended the index past the listed end
+    assert indexes.for_read(0, "s", 0, indexes.read_end(0, "s", 50)) is index  # kept, with "a" at 59
+    assert indexes.for_read(0, "s", 0, 50) is not index  # the listed end alone would rebuild it stale
+    indexes.clear()
+    assert indexes.read_end(0, "s", listed_end=50) == 50
+
+
 def test_layouts_name_epochs_per_channel_and_incarnation() -> None:
     one, two = Layout(b"\x01" * 16, 4), Layout(b"\x02" * 16, 4)
     assert one.epoch("a") == Layout(b"\x01" * 16, 4).epoch("a")
