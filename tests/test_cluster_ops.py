@@ -115,6 +115,7 @@ class Tally:
     moved: int = 0
     not_recovered: int = 0
     errors: list[str] = field(default_factory=list)
+    reset_reasons: list[str] = field(default_factory=list)  # "channel: reason previous -> id, after seq"
 
 
 async def follow(
@@ -154,6 +155,7 @@ async def follow(
                 async for item in subscription:
                     if isinstance(item, Reset):
                         tally.resets += 1
+                        tally.reset_reasons.append(f"{channel}: {item.reason} {item.previous} -> {item.id}, after {expected}")
                         continue
                     seq = item.data["seq"]
                     if seq < expected:
