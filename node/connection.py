@@ -30,7 +30,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,28 +63,6 @@ Item = Delivery | ResetItem | bytes
 
 # Size estimate of a delivery beyond its data: the envelope and framing.
 _ENVELOPE = 96
-
-
-def tune_socket(transport: asyncio.BaseTransport, user_timeout: float, send_buffer: int) -> None:
-    """Bound what the kernel holds for a peer, and how long it waits for an unresponsive one.
-
-    ``SO_SNDBUF`` caps the kernel's send buffer (Linux autotunes it up to
-    megabytes otherwise, and a slow reader's backlog would hide there,
-    unseen by our bounds).  ``TCP_USER_TIMEOUT`` drops a peer that stops
-    acknowledging data for ``user_timeout`` seconds: a closed laptop lid, a
-    dead NAT entry.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        if send_buffer:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        option = getattr(socket, "TCP_USER_TIMEOUT", None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, int(user_timeout * 1000))
-    except OSError:
-        pass
 
 
 class Flush:

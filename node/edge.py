@@ -336,15 +336,13 @@ class EdgeProtocol(asyncio.Protocol):
         self._disarm()
         self.handed_over = True
         self.task = None
-        transport.write(
-            response_head(
-                101,
-                (
-                    (b"upgrade", b"websocket"),
-                    (b"connection", b"Upgrade"),
-                    (b"sec-websocket-accept", websocket_frames.accept_key(key).encode()),
-                ),
-            )
+        head = response_head(
+            101,
+            (
+                (b"upgrade", b"websocket"),
+                (b"connection", b"Upgrade"),
+                (b"sec-websocket-accept", websocket_frames.accept_key(key).encode()),
+            ),
         )
         connection = WebSocketConnection(node, transport, node.next_number(), identity)
         if channels:
@@ -363,9 +361,10 @@ class EdgeProtocol(asyncio.Protocol):
             self.counted = False
             node.adopt(connection, established=False)
         if refused is not None:
+            transport.write(head)
             connection.refuse(refused)
             return
-        connection.start(self.reader.upgrade_data or b"")
+        connection.start(head, self.reader.upgrade_data or b"")
 
     async def _stream(self, request: Request) -> None:
         transport = self.transport

@@ -54,7 +54,14 @@ def strict_loads(text: str | bytes) -> Any:
     """``json.loads`` without Python's extensions: NaN, Infinity and numbers beyond a double
     raise ValueError, so no such value gets in to be echoed back as non-JSON (a ``rid``)
     or to become a time (a ticket's ``exp``)."""
+    if isinstance(text, str):
+        if text.startswith("\ufeff"):
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _STRICT.decode(text)  # one decoder for all: json.loads with options builds one per call
     return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+
+
+_STRICT = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 # -- client messages -------------------------------------------------------------

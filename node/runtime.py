@@ -26,7 +26,7 @@ from broker_adapters.tasks import TaskSet
 from . import protocol
 from .access import AccessPolicy
 from .commands import Control
-from .connection import Flush, tune_socket
+from .connection import Flush
 from .errors import ClientError, CloseCode, ErrorCode
 from .hooks import Gate
 from .hub import Delivery, Hub
@@ -190,8 +190,8 @@ class Node:
     def adopt(self, connection: Connection, *, established: bool) -> None:
         """A socket became a WebSocket or SSE connection (established, or still pending auth)."""
         settings = self.settings
-        tune_socket(connection.transport, settings.heartbeat_timeout, settings.send_buffer)
-        # Past this many bytes in the transport's own buffer, it pauses us and
+        # Its kernel send buffer and TCP_USER_TIMEOUT come from the listening
+        # socket (node.server.tune_listener).  Past this many bytes in the transport's own buffer, it pauses us and
         # messages wait in the (bounded) outbox, where the policies can see them.
         connection.transport.set_write_buffer_limits(high=settings.send_buffer)
         if self.server_connections is not None:

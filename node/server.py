@@ -29,11 +29,29 @@ def event_loop() -> str:
     return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
 
 
-def _listen(host: str, port: int, setting: str) -> socket.socket:
+def tune_listener(sock: socket.socket, user_timeout: float, send_buffer: int) -> None:
+    """Bound what the kernel holds for each peer, and how long it waits for an unresponsive one.
+
+    ``SO_SNDBUF`` caps a connection's kernel send buffer (Linux autotunes it
+    up to megabytes otherwise, and a slow reader's backlog would hide there,
+    unseen by our bounds).  ``TCP_USER_TIMEOUT`` drops a peer that stops
+    acknowledging data for ``user_timeout`` seconds: a closed laptop lid, a
+    dead NAT entry.  Set on the listening socket, both are inherited by
+    every socket it accepts: no system calls per connection (issue 11).
+    """
+    if send_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(user_timeout * 1000))
+
+
+def _listen(host: str, port: int, setting: str, settings: Settings) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        tune_listener(sock, settings.heartbeat_timeout, settings.send_buffer)
         sock.bind((host, port))
         sock.listen(2048)
     except OSError as exc:
@@ -143,11 +161,11 @@ def serve(settings: Settings) -> None:
         raise error from None
     loop = event_loop()
     server = DrainingServer(uvicorn_config(settings, node, loop), node)
-    sockets = [_listen(settings.host, settings.port, "port")]
+    sockets = [_listen(settings.host, settings.port, "port", settings)]
     try:
         if settings.internal_port:
             # Its own address: loopback unless the operator opens it (docs/operations.md).
-            sockets.append(_listen(settings.internal_host, settings.internal_port, "internal_port"))
+            sockets.append(_listen(settings.internal_host, settings.internal_port, "internal_port", settings))
     except StartupError:
         for sock in sockets:
             sock.close()

@@ -135,22 +135,32 @@ class WebSocketConnection(Connection):
 
     # -- start --------------------------------------------------------------------------------
 
-    def start(self, early: bytes) -> None:
-        """The handshake is answered; ``early`` are frames that came with it."""
+    def start(self, head: bytes, early: bytes) -> None:
+        """Answer the handshake with ``head`` (the 101); ``early`` are frames that came with it."""
         if self.identity is None:
+            self.transport.write(head)
             self._auth_timer = asyncio.get_running_loop().call_later(self.node.settings.auth_timeout, self._no_auth)
         else:
-            self.say_hello()
+            self.say_hello(head)
         if early:
             self.data_received(early)
 
-    def say_hello(self) -> None:
-        """The connection is authenticated: say hello, and start counting it."""
+    def say_hello(self, head: bytes = b"") -> None:
+        """The connection is authenticated: say hello, and start counting it.
+
+        With the handshake's ``head`` still to write, both go in one write:
+        a system call less for every connect of a reconnect wave (issue 11).
+        """
         assert self.identity is not None
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
-        self.send(self.node.hello)
+        if head:
+            data = head + text_frame(self.node.hello)
+            self.transport.write(data)
+            self.node.count_written(self.kind, [self.node.hello], len(data))
+        else:
+            self.send(self.node.hello)
         self.node.gate.arm_expiry(self)
         if self.server_channels is not None:
             # Server-side subscriptions: answered with `subscribed` messages
