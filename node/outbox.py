@@ -39,7 +39,10 @@ class Outbox(Generic[T]):
     __slots__ = ("_items", "_size", "_latest", "_marks", "_unmarked", "_latest_at")
 
     def __init__(self) -> None:
-        self._items: deque[T] | None = None
+        # A list, not a deque: most passes queue one message and hand the
+        # whole list to the flush, which needs neither a copy nor a deque's
+        # 600-byte block per message (issue 11, one event per write).
+        self._items: list[T] | None = None
         self._size = 0
         self._latest: dict[str, T] | None = None
         # (loop time, how many messages) for queued messages, oldest first;
@@ -63,7 +66,7 @@ class Outbox(Generic[T]):
         """Queue ``item``; False (and nothing queued) if a bound would be crossed."""
         items = self._items
         if items is None:
-            self._items = deque((item,))
+            self._items = [item]
             self._size = size
             self._unmarked += 1
             return True
@@ -76,9 +79,11 @@ class Outbox(Generic[T]):
 
     def force(self, item: T, size: int) -> None:
         """Queue a small control message even past the bounds (a reset right after a clear)."""
-        if self._items is None:
-            self._items = deque()
-        self._items.append(item)
+        items = self._items
+        if items is None:
+            self._items = [item]
+        else:
+            items.append(item)
         self._size += size
         self._unmarked += 1
 
@@ -140,13 +145,14 @@ class Outbox(Generic[T]):
         if items is None:
             batch = []
         elif len(items) <= limit:
-            batch = list(items)
+            batch = items
             self._items = None
             self._size = 0
             self._marks = None
             self._unmarked = 0
         else:
-            batch = [items.popleft() for _ in range(limit)]
+            batch = items[:limit]
+            del items[:limit]
             # Sizes are estimates: keep the remainder's share proportional.
             self._size = self._size * len(items) // (len(items) + limit)
             self._consume_marks(limit)
