@@ -98,7 +98,7 @@ def _header_map(request: Request) -> dict[str, str]:
 class EdgeProtocol(asyncio.Protocol):
     __slots__ = (
         "edge", "node", "transport", "reader", "internal", "counted", "task", "exchange", "timer", "server",
-        "client", "handed_over", "_continued", "_checked",
+        "client", "handed_over", "_continued", "_checked", "_kept_alive",
     )
 
     def __init__(self, edge: Edge) -> None:
@@ -117,6 +117,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._continued = False
         # The request whose head passed the /api/* pre-check.
         self._checked: Request | None = None
+        # Waiting, between requests, under keep_alive_timeout.
+        self._kept_alive = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -145,7 +147,7 @@ class EdgeProtocol(asyncio.Protocol):
         if self.handed_over or self.transport is None or self.transport.is_closing():
             return
         reader = self.reader
-        idle = not reader.requests and not reader.in_head
+        idle = self._kept_alive and not reader.requests and not reader.in_head
         try:
             reader.feed(data)
         except ClientError as exc:
@@ -153,7 +155,9 @@ class EdgeProtocol(asyncio.Protocol):
             return
         if idle and (reader.in_head or reader.requests) and self.task is None:
             # The client started a request on an idle keep-alive connection:
-            # from now on its head has the handshake deadline.
+            # from now on its head has the handshake deadline.  (A new
+            # connection has had it since connection_made: no second timer.)
+            self._kept_alive = False
             self._arm(self.node.settings.handshake_timeout)
         if len(reader.requests) > _PIPELINE_LIMIT:
             self.transport.pause_reading()
@@ -265,6 +269,7 @@ class EdgeProtocol(asyncio.Protocol):
         if self.reader.requests:
             self._next()
         else:
+            self._kept_alive = True
             self._arm(self.node.settings.keep_alive_timeout)
 
     def _upgrade(self, request: Request) -> None:
