@@ -191,8 +191,9 @@ class Node:
         """A socket became a WebSocket or SSE connection (established, or still pending auth)."""
         settings = self.settings
         # Its kernel send buffer and TCP_USER_TIMEOUT come from the listening
-        # socket (node.server.tune_listener).  Past this many bytes in the transport's own buffer, it pauses us and
-        # messages wait in the (bounded) outbox, where the policies can see them.
+        # socket (node.server.tune_listener).  Past this many bytes in the
+        # transport's own buffer, it pauses us and messages wait in the
+        # (bounded) outbox, where the policies can see them.
         connection.transport.set_write_buffer_limits(high=settings.send_buffer)
         if self.server_connections is not None:
             self.server_connections.add(connection)

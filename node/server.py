@@ -40,11 +40,15 @@ def tune_listener(sock: socket.socket, user_timeout: float, send_buffer: int) ->
     dead NAT entry.  Set on the listening socket, both are inherited by
     every socket it accepts: no system calls per connection (issue 11).
     """
-    if send_buffer:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    option = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if option is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, option, int(user_timeout * 1000))
+    try:
+        if send_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, int(user_timeout * 1000))
+    except OSError as exc:
+        # A kernel without one of them still serves; say what is unbounded.
+        log.warning("cannot bound sockets' send buffer or user timeout", extra={"error": str(exc)})
 
 
 def _listen(host: str, port: int, setting: str, settings: Settings) -> socket.socket:

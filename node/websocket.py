@@ -156,9 +156,9 @@ class WebSocketConnection(Connection):
             self._auth_timer.cancel()
             self._auth_timer = None
         if head:
-            data = head + text_frame(self.node.hello)
-            self.transport.write(data)
-            self.node.count_written(self.kind, [self.node.hello], len(data))
+            frame = text_frame(self.node.hello)
+            self.transport.write(head + frame)
+            self.node.count_written(self.kind, [self.node.hello], len(frame))  # bytes_out counts frames only
         else:
             self.send(self.node.hello)
         self.node.gate.arm_expiry(self)
