@@ -37,10 +37,6 @@ RETRY_AFTER = re.compile(rb"(?i)\r\nretry-after: *([0-9.]+)")
 RESET = re.compile(rb'"type":"reset","channel":"([^"]+)","id":"([^"]+)"')
 
 
-def _pong(payload: bytes) -> bytes:
-    return _control(0xA, payload)
-
-
 @dataclass
 class Storm:
     """What every client of the run reports into."""
@@ -147,7 +143,7 @@ class StormClient(asyncio.Protocol):
                 self.frame(payload)
             elif opcode == 9 and self.transport is not None:
                 # A ping: answer it, or the node closes the connection as dead.
-                self.transport.write(_pong(payload))
+                self.transport.write(_control(0xA, payload))  # a pong
             elif opcode == 8 and self.transport is not None:
                 self.storm.closes[int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005] += 1
                 self.transport.close()

@@ -17,6 +17,7 @@ messages, one per line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,12 @@ def encode_items(items: list[Item]) -> bytes:
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=4)
+def _hello_frame(hello: bytes) -> bytes:
+    """The node's ``connected`` message as a frame: the same bytes for every connection, framed once."""
+    return text_frame(hello)
+
+
 class WebSocketConnection(Connection):
     kind = "ws"
 
@@ -156,7 +163,7 @@ class WebSocketConnection(Connection):
             self._auth_timer.cancel()
             self._auth_timer = None
         if head:
-            frame = text_frame(self.node.hello)
+            frame = _hello_frame(self.node.hello)
             self.transport.write(head + frame)
             self.node.count_written(self.kind, [self.node.hello], len(frame))  # bytes_out counts frames only
         else:
