@@ -11,6 +11,9 @@ connection with something queued one ``transport.write`` for all of it:
 publications that arrive together leave together, and connections that get
 the same messages share the bytes (see :meth:`Connection.encode`).  Nothing
 is delayed to make that happen: the flush is the end of the current pass.
+At low rates, where a pass carries one publication, even that is skipped: a
+connection with nothing queued writes the first publication of a quiet pass
+at once, during the fan-out (:meth:`Flush.writes_now`).
 
 Bounds.  The transport stops us (``pause_writing``) once the kernel's send
 buffer, capped per socket, and the transport's own buffer are full; messages
@@ -66,23 +69,57 @@ _ENVELOPE = 96
 
 
 class Flush:
-    """Once per loop pass, write what every connection has queued: one write each."""
+    """Once per loop pass, write what every connection has queued: one write each.
 
-    __slots__ = ("_dirty", "_scheduled", "_loop")
+    It also decides when a delivery is not queued at all (:meth:`writes_now`).
+    Queuing until the end of the pass is what lets publications that arrive
+    together leave in one write; for a publication that arrives alone it only
+    adds the cost of the queue and makes the first client wait for the last
+    one's queuing.  So the first publication of a pass goes straight to the
+    sockets of connections with nothing queued, unless the previous pass
+    carried several (a burst, where one write per pass is what counts).
+    """
+
+    __slots__ = ("_dirty", "_scheduled", "_loop", "_current", "_direct", "_publications", "_quiet")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The delivery being fanned out, and whether it is written at once.
+        self._current: Delivery | None = None
+        self._direct = False
+        # Deliveries fanned out in this pass, and whether the last pass had at most one.
+        self._publications = 0
+        self._quiet = True
 
     def add(self, connection: Connection) -> None:
         self._dirty.append(connection)
         if not self._scheduled:
             self._scheduled = True
-            loop = self._loop
-            if loop is None:
-                loop = self._loop = asyncio.get_running_loop()
-            loop.call_soon(self.run)
+            self._soon(self.run)
+
+    def writes_now(self, delivery: Delivery) -> bool:
+        """May a connection with nothing queued write ``delivery`` at once, rather than at the end of the pass?"""
+        if delivery is not self._current:
+            self._current = delivery
+            self._publications += 1
+            if self._publications == 1:
+                self._soon(self._pass_ended)
+            self._direct = self._publications == 1 and self._quiet
+        return self._direct
+
+    def _pass_ended(self) -> None:
+        self._quiet = self._publications <= 1
+        self._publications = 0
+        self._current = None
+        self._direct = False
+
+    def _soon(self, callback: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        loop.call_soon(callback)
 
     def run(self) -> None:
         self._scheduled = False
@@ -152,19 +189,24 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.closing is not None:
             return
         outbox = self.outbox
-        channel = subscription.channel
-        size = len(delivery.publication.data) + _ENVELOPE
         if self.paused_at is None:
+            if not self._dirty and not outbox and self.node.flush.writes_now(delivery):
+                # Nothing queued before it: written now, in order (see Flush).
+                data = self.encode([delivery], {})
+                if data:
+                    self.transport.write(data)
+                    self.node.count_written(self.kind, [delivery], len(data))
+                return
             # The socket takes data: whatever this pass queues is written at
             # its end, so there is no backlog to bound (a burst that arrived
             # in one pass is shared data, not this client falling behind).
-            outbox.force(delivery, size)
-        elif outbox.conflated(channel):
+            outbox.force(delivery, len(delivery.publication.data) + _ENVELOPE)
+        elif outbox.conflated(channel := subscription.channel):
             # A channel being conflated keeps only its newest event, so its
             # events never leave out of order.
             outbox.put_latest(channel, delivery, self.node.loop_time())
             self.node.metrics.slow_consumers.labels("latest").inc()
-        elif not outbox.put(delivery, size, self.node.outbox_limits):
+        elif not outbox.put(delivery, len(delivery.publication.data) + _ENVELOPE, self.node.outbox_limits):
             self.overflow(subscription, delivery)
             return
         if not self._dirty:
