@@ -28,6 +28,7 @@ from .access import AccessPolicy
 from .commands import Control
 from .connection import Flush
 from .errors import ClientError, CloseCode, ErrorCode
+from .heartbeats import HeartbeatSlices
 from .hooks import Gate
 from .hub import Delivery, Hub
 from .logs import LogThrottle
@@ -64,6 +65,10 @@ class Node:
         # The first message of every WebSocket: the same bytes for all of them.
         self.hello = protocol.connected_frame(self.name, settings.heartbeat_interval).encode()
         self.connections: set[Connection] = set()
+        # The same connections, in the slices the heartbeat ticker visits one at a time.
+        self.heartbeats: HeartbeatSlices[Connection] = HeartbeatSlices(
+            settings.heartbeat_interval, settings.heartbeat_timeout
+        )
         self.draining = False
         self.flush = Flush()
         # Connections whose transport stopped taking data (see Connection.pause_writing).
@@ -212,6 +217,7 @@ class Node:
     def register(self, connection: Connection) -> None:
         connection.established = True
         self.connections.add(connection)
+        self.heartbeats.add(connection)
         self._gauges[connection.kind].inc()
         self.metrics.connections_total.labels(connection.kind).inc()
 
@@ -225,6 +231,7 @@ class Node:
             return
         if connection in self.connections:
             self.connections.discard(connection)
+            self.heartbeats.discard(connection)
             self._gauges[connection.kind].dec()
             if self.draining and not self.connections:
                 self._all_closed.set()
@@ -297,20 +304,26 @@ class Node:
     # -- heartbeats and stalled writers ---------------------------------------------------------
 
     async def _heartbeat_forever(self) -> None:
-        """One ticker for the whole node: a heartbeat every interval, then a check of the pings."""
-        interval = self.settings.heartbeat_interval
+        """One ticker for the whole node: each tick, check one slice's pings and send it heartbeats (node.heartbeats)."""
+        slices = self.heartbeats
         timeout = self.settings.heartbeat_timeout
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ticks = 0
         while True:
-            await asyncio.sleep(max(0.0, interval - timeout) if interval > timeout else interval)
-            for connection in list(self.connections):
+            ticks += 1
+            # A fixed schedule: the time a tick takes does not stretch the interval.
+            await asyncio.sleep(max(0.0, started + ticks * slices.tick - loop.time()))
+            to_ping, to_check = slices.advance()
+            # Half a tick of slack: a ping sent by a late tick is not missed by an on-time one.
+            self._close_silent_peers(to_check, timeout - slices.tick / 2)
+            for connection in to_ping:
                 if connection.closing is None:
                     connection.send_heartbeat()
-            await asyncio.sleep(min(timeout, interval))
-            self._close_silent_peers(timeout)
 
-    def _close_silent_peers(self, timeout: float) -> None:
+    def _close_silent_peers(self, connections: list[Connection], timeout: float) -> None:
         now = self.loop_time()
-        for connection in list(self.connections):
+        for connection in connections:
             sent = getattr(connection, "ping_sent", None)
             if sent is not None and now - sent >= timeout and connection.closing is None:
                 self.metrics.limit_rejections.labels("ping_timeout").inc()
