@@ -54,6 +54,15 @@ def event_block(delivery: Delivery) -> bytes:
     return delivery.encoded("sse", _event_block)
 
 
+def _event_chunk(delivery: Delivery) -> bytes:
+    return sse_events.chunk(event_block(delivery))
+
+
+def event_chunk(delivery: Delivery) -> bytes:
+    """:func:`event_block` as one HTTP/1.1 chunk, built once per node."""
+    return delivery.encoded("sse_chunk", _event_chunk)
+
+
 def parse_request(node: Node, request: Request) -> tuple[list[str], list[Position] | None]:
     """The channels a stream names and the positions to resume them from.  Raises ClientError."""
     query = parse_qsl(request.query.decode("latin-1"), keep_blank_values=True)
@@ -172,7 +181,8 @@ class SSEConnection(Connection):
             return b""
         if len(self.tokens) == 1 and all(isinstance(item, Delivery) for item in items):
             if len(items) == 1:
-                return self._chunk(event_block(items[0]))  # type: ignore[arg-type]
+                first: Delivery = items[0]  # type: ignore[assignment]
+                return event_chunk(first) if self.chunked else event_block(first)
             key = ("sse", self.chunked, *items)
             data = shared.get(key)
             if data is None:
