@@ -3,8 +3,8 @@
 Queuing a heartbeat on every connection in one pass costs one write per
 connection, all in that pass: about 15 µs each here, so 1,000 connections
 stall every publication for 15 ms once per interval, and 50,000 for most of
-a second.  The peer benchmark showed it as the p99 of the runs a heartbeat
-fell into.
+a second (the likely cause of the peer benchmark's runs whose p99 was 5 ms
+above the others).
 
 So each connection belongs to one of ``slices`` buckets, by its number, and
 every tick (``interval / slices`` seconds) the node pings one bucket and
