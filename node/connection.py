@@ -13,7 +13,7 @@ the same messages share the bytes (see :meth:`Connection.encode`).  Nothing
 is delayed to make that happen: the flush is the end of the current pass.
 At low rates, where a pass carries one publication, even that is skipped: a
 connection with nothing queued writes the first publication of a quiet pass
-at once, during the fan-out (:meth:`Flush.writes_now`).
+at once, during the fan-out (:attr:`Flush.direct`).
 
 Bounds.  The transport stops us (``pause_writing``) once the kernel's send
 buffer, capped per socket, and the transport's own buffer are full; messages
@@ -71,7 +71,7 @@ _ENVELOPE = 96
 class Flush:
     """Once per loop pass, write what every connection has queued: one write each.
 
-    It also decides when a delivery is not queued at all (:meth:`writes_now`).
+    It also decides which delivery is not queued at all (:attr:`direct`).
     Queuing until the end of the pass is what lets publications that arrive
     together leave in one write; for a publication that arrives alone it only
     adds the cost of the queue and makes the first client wait for the last
@@ -80,16 +80,15 @@ class Flush:
     carried several (a burst, where one write per pass is what counts).
     """
 
-    __slots__ = ("_dirty", "_scheduled", "_loop", "_current", "_direct", "_publications", "_quiet")
+    __slots__ = ("_dirty", "_scheduled", "_loop", "direct", "_publications", "_quiet")
 
     def __init__(self) -> None:
         self._dirty: list[Connection] = []
         self._scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        # The delivery being fanned out, and whether it is written at once.
-        self._current: Delivery | None = None
-        self._direct = False
-        # Deliveries fanned out in this pass, and whether the last pass had at most one.
+        #: The delivery that connections with nothing queued write at once, if any.
+        self.direct: Delivery | None = None
+        # Publications fanned out in this pass, and whether the last pass had at most one.
         self._publications = 0
         self._quiet = True
 
@@ -99,21 +98,19 @@ class Flush:
             self._scheduled = True
             self._soon(self.run)
 
-    def writes_now(self, delivery: Delivery) -> bool:
-        """May a connection with nothing queued write ``delivery`` at once, rather than at the end of the pass?"""
-        if delivery is not self._current:
-            self._current = delivery
-            self._publications += 1
-            if self._publications == 1:
-                self._soon(self._pass_ended)
-            self._direct = self._publications == 1 and self._quiet
-        return self._direct
+    def fanning_out(self, delivery: Delivery) -> None:
+        """The hub is about to hand ``delivery`` to its subscribers (once per publication, not per connection)."""
+        self._publications += 1
+        if self._publications == 1:
+            self._soon(self._pass_ended)
+            self.direct = delivery if self._quiet else None
+        else:
+            self.direct = None
 
     def _pass_ended(self) -> None:
         self._quiet = self._publications <= 1
         self._publications = 0
-        self._current = None
-        self._direct = False
+        self.direct = None
 
     def _soon(self, callback: Callable[[], None]) -> None:
         loop = self._loop
@@ -190,7 +187,7 @@ class Connection(asyncio.Protocol, abc.ABC):
             return
         outbox = self.outbox
         if self.paused_at is None:
-            if not self._dirty and not outbox and self.node.flush.writes_now(delivery):
+            if self.node.flush.direct is delivery and not self._dirty and not outbox:
                 # Nothing queued before it: written now, in order (see Flush).
                 data = self.encode([delivery], {})
                 if data:

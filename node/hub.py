@@ -187,6 +187,10 @@ class ChannelState:
         self.base = base
 
 
+def _ignore(delivery: Delivery) -> None:
+    pass
+
+
 class Hub:
     """Implements :class:`broker_adapters.base.BrokerListener` for one node."""
 
@@ -199,8 +203,11 @@ class Hub:
         pending_limit: int = 10000,
         subscribe_wait: float = 5.0,
         resume_window: int = 64,
+        on_fan_out: Callable[[Delivery], None] | None = None,
     ) -> None:
         self.broker = broker
+        # Told before each publication goes to the subscribers (the node's Flush counts them).
+        self._on_fan_out = on_fan_out or _ignore
         self.metrics = metrics
         self.replay_limit = replay_limit
         self.pending_limit = pending_limit
@@ -514,6 +521,7 @@ class Hub:
         state.last = publication.position
         state.remember(publication, self.resume_window)
         delivery = Delivery(publication)
+        self._on_fan_out(delivery)
         # No copy of the subscriber set: delivering never unsubscribes (a
         # connection that overflows is closed later, by its own handler).
         for subscription in state.subscribers:
@@ -522,6 +530,7 @@ class Hub:
     def _redeliver(self, state: ChannelState, publication: Publication) -> None:
         """A publication at or below the channel's last position: to whichever subscriber lacks it."""
         delivery = Delivery(publication)
+        self._on_fan_out(delivery)
         for subscription in state.subscribers:
             subscription.deliver(delivery)
 

@@ -50,12 +50,14 @@ class Node:
         self.name = settings.node_name
         self.broker = broker if broker is not None else open_broker(settings.broker_url)
         self.metrics = Metrics(self.broker.stats)
+        self.flush = Flush()
         self.hub = Hub(
             self.broker,
             metrics=self.metrics,
             replay_limit=settings.replay_limit,
             subscribe_wait=settings.subscribe_wait,
             resume_window=settings.resume_window,
+            on_fan_out=self.flush.fanning_out,
         )
         self.access = AccessPolicy(settings)
         # Presence, the control channel and backend hooks (node.presence, node.commands, node.hooks).
@@ -70,7 +72,6 @@ class Node:
             settings.heartbeat_interval, settings.heartbeat_timeout
         )
         self.draining = False
-        self.flush = Flush()
         # Connections whose transport stopped taking data (see Connection.pause_writing).
         self.paused: set[Connection] = set()
         self.outbox_limits = OutboxLimits(settings.outbox_max_messages, settings.outbox_max_bytes)
