@@ -136,7 +136,8 @@ class Connection(asyncio.Protocol, abc.ABC):
     # Slots, not a __dict__: at 50,000 connections every attribute counts.
     __slots__ = (
         "node", "transport", "number", "identity", "subscriptions", "outbox", "closing", "paused_at",
-        "reconnect_after_ms", "established", "_dirty", "_expiry", "_goodbye_sent", "_released", "__weakref__",
+        "reconnect_after_ms", "established", "heartbeat_slot", "_dirty", "_expiry", "_goodbye_sent", "_released",
+        "__weakref__",
     )
 
     def __init__(self, node: Node, transport: asyncio.Transport, number: int, identity: Identity | None) -> None:
@@ -156,6 +157,8 @@ class Connection(asyncio.Protocol, abc.ABC):
         self.reconnect_after_ms = node.settings.sse_retry_ms
         # False while it still counts as pending (a WebSocket awaiting its auth frame).
         self.established = False
+        # Which slice of the node's heartbeat ticker it is in (node.heartbeats).
+        self.heartbeat_slot = 0
         self._dirty = False
         self._expiry: asyncio.TimerHandle | None = None
         self._goodbye_sent = False

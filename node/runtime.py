@@ -319,7 +319,11 @@ class Node:
             # Half a tick of slack: a ping sent by a late tick is not missed by an on-time one.
             self._close_silent_peers(to_check, timeout - slices.tick / 2)
             for connection in to_ping:
-                if connection.closing is None:
+                # A paused socket gets none: it has data waiting already, a
+                # heartbeat could only overflow its outbox (and close a client
+                # whose channels keep only the latest event), and a socket that
+                # takes nothing is send_timeout's business.
+                if connection.closing is None and connection.paused_at is None:
                     connection.send_heartbeat()
 
     def _close_silent_peers(self, connections: list[Connection], timeout: float) -> None:

@@ -43,11 +43,15 @@ class WSClient:
         await self.connection.send(text)
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
-        while not self.buffer:
-            frame = await asyncio.wait_for(self.connection.recv(), timeout)
-            assert isinstance(frame, str)
-            self.buffer.extend(json.loads(line) for line in frame.split("\n"))
-        return self.buffer.pop(0)
+        """The next message, skipping heartbeats, as every client does: one may come at any moment."""
+        while True:
+            while not self.buffer:
+                frame = await asyncio.wait_for(self.connection.recv(), timeout)
+                assert isinstance(frame, str)
+                self.buffer.extend(json.loads(line) for line in frame.split("\n"))
+            message = self.buffer.pop(0)
+            if message.get("type") != "heartbeat":
+                return message
 
     async def recv_type(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
         """The next message of ``kind``, skipping heartbeats."""

@@ -29,7 +29,10 @@ def _subscribe_raw(node: NodeProcess, channel: str) -> RawWebSocket:
     assert raw.status == 101
     raw.recv_messages()  # connected
     raw.send_json({"type": "subscribe", "channel": channel})
-    assert raw.recv_messages()[0]["type"] == "subscribed"
+    replies: list[dict[str, object]] = []
+    while not replies:
+        replies = [m for m in raw.recv_messages() if m["type"] != "heartbeat"]
+    assert replies[0]["type"] == "subscribed"
     return raw
 
 
@@ -193,3 +196,23 @@ def test_sigterm_exits_within_the_grace_period() -> None:
         for sock in clients:
             sock.close()
         node.stop()
+
+
+async def test_heartbeats_pass_over_a_stalled_socket_so_the_latest_policy_keeps_it_open() -> None:
+    # Heartbeats every 0.2 s: several fall while the client reads nothing.  A
+    # heartbeat queued on a socket whose outbox is full used to count as an
+    # overflow of the connection's own messages, and closed it with 4008 even
+    # though its channel keeps only the latest event.
+    flags = (
+        "--outbox-max-messages", "20", "--send-timeout", "10", "--slow-consumer-namespaces", "ticker=latest",
+        "--heartbeat-interval", "0.2", "--heartbeat-timeout", "5",
+    )
+    with NodeProcess("memory://", *flags) as node:
+        raw = _subscribe_raw(node, "ticker:ACME")
+        await _flood(node, "ticker:ACME", 3000)
+        await asyncio.sleep(1.0)
+        messages: list[dict[str, object]] = []
+        while not any(isinstance(m.get("data"), dict) and m["data"]["i"] == 2999 for m in messages):  # type: ignore[index]
+            messages.extend(raw.recv_messages())
+        assert node.metrics().get('fanline_slow_consumer_actions_total{policy="disconnect"}', 0) == 0
+        raw.close()

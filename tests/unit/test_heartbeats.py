@@ -7,14 +7,34 @@ from dataclasses import dataclass
 from node.heartbeats import MAX_SLICES, HeartbeatSlices
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Conn:
     number: int
+    heartbeat_slot: int = -1
 
 
-def test_every_connection_is_pinged_once_per_interval_in_small_slices() -> None:
+def ticks_until_pinged(slices: HeartbeatSlices[Conn], connection: Conn) -> int:
+    for tick in range(1, 2 * slices.slices + 1):
+        to_ping, _ = slices.advance()
+        if connection in to_ping:
+            return tick
+    raise AssertionError("never pinged")
+
+
+def test_a_new_connection_gets_its_first_heartbeat_about_one_interval_after_connecting() -> None:
+    for number in range(100):
+        probe: HeartbeatSlices[Conn] = HeartbeatSlices(25.0, 10.0)
+        assert probe.slices == MAX_SLICES and probe.tick == 0.1
+        for _ in range(37):
+            probe.advance()  # the node has been running for a while
+        connection = Conn(number)
+        probe.add(connection)
+        # Between 0.9 and 1 interval (225 to 250 ticks of 0.1 s).
+        assert 225 <= ticks_until_pinged(probe, connection) <= 250
+
+
+def test_connections_arriving_together_are_spread_over_a_tenth_of_the_interval() -> None:
     slices: HeartbeatSlices[Conn] = HeartbeatSlices(25.0, 10.0)
-    assert slices.slices == MAX_SLICES and slices.tick == 0.1
     connections = [Conn(n) for n in range(10_000)]
     for connection in connections:
         slices.add(connection)
@@ -24,14 +44,15 @@ def test_every_connection_is_pinged_once_per_interval_in_small_slices() -> None:
         to_ping, _ = slices.advance()
         pinged += to_ping
         largest = max(largest, len(to_ping))
-    assert sorted(pinged, key=lambda c: c.number) == connections
-    assert largest == 10_000 // MAX_SLICES
+    # Every one exactly once per interval, in 25 slices of 400.
+    assert sorted(c.number for c in pinged) == list(range(10_000))
+    assert largest == 10_000 // (MAX_SLICES // 10)
 
 
 def test_a_bucket_is_checked_the_first_tick_at_least_timeout_after_its_ping() -> None:
     slices: HeartbeatSlices[Conn] = HeartbeatSlices(25.0, 10.0)
     assert slices.check_lag == 100  # 100 ticks of 0.1 s
-    one = Conn(7)
+    one = Conn(0)
     slices.add(one)
     ticks_pinged, ticks_checked = [], []
     for tick in range(2 * slices.slices):
@@ -40,8 +61,9 @@ def test_a_bucket_is_checked_the_first_tick_at_least_timeout_after_its_ping() ->
             ticks_pinged.append(tick)
         if one in to_check:
             ticks_checked.append(tick)
-    assert ticks_pinged == [7, 7 + MAX_SLICES]
-    assert ticks_checked == [107, 107 + MAX_SLICES]
+    assert ticks_pinged == [249, 249 + MAX_SLICES]
+    assert ticks_checked == [99, 99 + MAX_SLICES]  # the first: no ping yet, so nothing to find
+    assert ticks_checked[1] - ticks_pinged[0] == slices.check_lag
 
 
 def test_short_intervals_keep_ticks_of_at_least_10_ms() -> None:
