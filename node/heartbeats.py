@@ -36,7 +36,7 @@ MIN_TICK = 0.01
 
 
 class HeartbeatSlices(Generic[C]):
-    """The connections, in buckets by number; :meth:`advance` says who is due at each tick."""
+    """The connections, in buckets by when they connected; :meth:`advance` says who is due at each tick."""
 
     __slots__ = ("slices", "tick", "check_lag", "_spread", "_buckets", "_next")
 
