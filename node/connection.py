@@ -192,10 +192,7 @@ class Connection(asyncio.Protocol, abc.ABC):
         if self.paused_at is None:
             if self.node.flush.direct is delivery and not self._dirty and not outbox:
                 # Nothing queued before it: written now, in order (see Flush).
-                data = self.encode([delivery], {})
-                if data:
-                    self.transport.write(data)
-                    self.node.count_written(self.kind, [delivery], len(data))
+                self._write([delivery], {})
                 return
             # The socket takes data: whatever this pass queues is written at
             # its end, so there is no backlog to bound (a burst that arrived
@@ -284,19 +281,21 @@ class Connection(asyncio.Protocol, abc.ABC):
             self.outbox.mark(self.node.loop_time())
             return
         outbox = self.outbox
-        transport = self.transport
         limit = self.node.settings.write_batch
         while outbox and self.paused_at is None:
-            items = outbox.take(limit)
-            data = self.encode(items, shared)
-            if data:
-                transport.write(data)
-                self.node.count_written(self.kind, items, len(data))
+            self._write(outbox.take(limit), shared)
         if self.paused_at is not None:
             outbox.mark(self.paused_at)
         elif self.closing is not None and not self._goodbye_sent:
             self._goodbye_sent = True
             self.say_goodbye()
+
+    def _write(self, items: list[Item], shared: dict[Any, bytes]) -> None:
+        """One ``transport.write`` for ``items``, counted."""
+        data = self.encode(items, shared)
+        if data:
+            self.transport.write(data)
+            self.node.count_written(self.kind, items, len(data))
 
     @abc.abstractmethod
     def encode(self, items: list[Item], shared: dict[Any, bytes]) -> bytes:
